@@ -1,0 +1,66 @@
+"""The runner's error tree; every message is built from typed fields.
+
+    RunnerError
+    ├── JobFileError        a job file is unreadable, malformed or invalid (path:line:col: field: msg)
+    ├── ScheduleError       a schedule cannot produce fire times (impossible cron, bad zone)
+    ├── SecretError         a ${env:} / ${file:} / ${credential:} reference cannot be resolved
+    └── DuctapeError        a call to Ductape failed (see runner.ductape for its subclasses)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RunnerError(Exception):
+    """Base of every error the runner raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one job file, located as precisely as the source allows."""
+
+    path: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}:{self.column}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {
+            "path": self.path,
+            "line": self.line,
+            "column": self.column,
+            "field": self.field,
+            "message": self.message,
+        }
+
+
+class JobFileError(RunnerError):
+    """A job file has one or more problems."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ScheduleError(RunnerError, ValueError):
+    """A schedule expression cannot be turned into fire times."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class SecretError(RunnerError):
+    """A secret reference cannot be resolved; the message never holds the secret itself."""
+
+    def __init__(self, reference: str, reason: str) -> None:
+        self.reference = reference
+        self.reason = reason
+        super().__init__(f"secret reference {reference}: {reason}")
