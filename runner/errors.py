@@ -1,10 +1,10 @@
 """The runner's error tree; every message is built from typed fields.
 
-    RunnerError
-    ├── JobFileError        a job file is unreadable, malformed or invalid (path:line:col: field: msg)
-    ├── ScheduleError       a schedule cannot produce fire times (impossible cron, bad zone)
-    ├── SecretError         a ${env:} / ${file:} / ${credential:} reference cannot be resolved
-    └── DuctapeError        a call to Ductape failed (see runner.ductape for its subclasses)
+RunnerError
+├── JobFileError        a job file is unreadable, malformed or invalid (path:line:col: field: msg)
+├── ScheduleError       a schedule cannot produce fire times (impossible cron, bad zone)
+├── SecretError         a ${env:} / ${file:} / ${credential:} reference cannot be resolved
+└── DuctapeError        a call to Ductape failed (see runner.ductape for its subclasses)
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}:{self.column}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
 
     def as_dict(self) -> dict[str, str | int]:
         return {

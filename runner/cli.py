@@ -1,0 +1,109 @@
+"""The `ductape-runner` command line: one subcommand per operator task."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from runner import __version__
+from runner.errors import Problem, RunnerError
+from runner.loader import Defaults, Limits, load_folder
+from runner.settings import Settings, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--jobs-dir", type=Path, help="folder of job files")
+    parser.add_argument("--state", help="SQLite path of the state database")
+    parser.add_argument("--base-url", help="Ductape base URL")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ductape-runner", description="Declarative job runner daemon for Ductape."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="validate job files; exit 1 on any problem")
+    _common(check)
+    check.add_argument("paths", nargs="*", type=Path, help="files or folders")
+    check.add_argument("--format", choices=("text", "github", "json"), default="text")
+    check.set_defaults(handler=cmd_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of a job file")
+    schema.set_defaults(handler=cmd_schema)
+    return parser
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    paths = args.paths or [settings.jobs_dir]
+    missing = [p for p in paths if not p.exists()]
+    problems = [Problem(str(p), 0, 0, "", "no such file or folder") for p in missing]
+    limits = Limits(max_file_bytes=settings.max_file_bytes)
+    defaults = Defaults(product=settings.product, env=settings.env)
+    result = load_folder([p for p in paths if p.exists()], limits, defaults)
+    problems += result.all_problems()
+    jobs = sum(len(f.jobs) for f in result.files if f.ok)
+    _print_problems(problems, args.format)
+    if args.format == "text":
+        print(f"{len(result.files)} files, {jobs} valid jobs, {len(problems)} problems",
+              file=sys.stderr)  # fmt: skip
+    return 1 if problems else 0
+
+
+def _print_problems(problems: list[Problem], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps([p.as_dict() for p in problems], indent=2))
+        return
+    for p in problems:
+        if fmt == "github":
+            text = f"{p.field}: {p.message}" if p.field else p.message
+            print(f"::error file={p.path},line={p.line},col={p.column}::{_gh_escape(text)}")
+        else:
+            print(p)
+
+
+def _gh_escape(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.schema import render
+
+    sys.stdout.write(render())
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        getattr(args, "config", None),
+        environ=dict(os.environ),
+        jobs_dir=getattr(args, "jobs_dir", None),
+        state=getattr(args, "state", None),
+        base_url=getattr(args, "base_url", None),
+        credentials_directory=os.environ.get("CREDENTIALS_DIRECTORY"),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args, _settings(args))
+    except ValidationError as exc:
+        print(f"ductape-runner: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except (RunnerError, OSError) as exc:
+        print(f"ductape-runner: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

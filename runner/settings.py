@@ -1,0 +1,76 @@
+"""Runner settings: environment DUCTAPE_RUNNER_*, an optional TOML file, then CLI flags."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("/etc/ductape-runner/config.toml")
+
+
+class Settings(BaseSettings):
+    """Everything the daemon and the CLI read from the outside world, read once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DUCTAPE_RUNNER_", extra="forbid", case_sensitive=False
+    )
+
+    jobs_dir: Path = Path("jobs.d")
+    state: str = "ductape-runner.sqlite3"
+    base_url: str = "https://api.ductape.app"
+    workspace_id: str = ""
+    user_id: str = ""
+    public_key: str = ""
+    access_token: SecretStr = SecretStr("")
+    product: str | None = None
+    env: str | None = None
+    max_file_bytes: int = Field(default=1024 * 1024, ge=1024)
+    history_retention_days: int = Field(default=30, ge=1)
+    max_concurrent_runs: int = Field(default=64, ge=1)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    control_socket: str | None = None
+    control_tcp: str | None = None
+    credentials_directory: str | None = None
+    dry_run: bool = False
+
+
+def load_settings(
+    config: Path | None = None, environ: dict[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Settings from flags (overrides) over environment over the config file.
+
+    systemd credentials: a file in $CREDENTIALS_DIRECTORY named like the environment
+    variable (e.g. DUCTAPE_RUNNER_ACCESS_TOKEN) is read as that setting.
+    """
+    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if path is not None:
+        with path.open("rb") as handle:
+            tomllib.load(handle)  # fail early, with the file's own syntax error
+    credentials = (environ or {}).get("CREDENTIALS_DIRECTORY")
+
+    class _Sourced(Settings):
+        model_config = SettingsConfigDict(toml_file=path, secrets_dir=credentials)
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            toml = TomlConfigSettingsSource(settings_cls)
+            return (init_settings, env_settings, file_secret_settings, toml)
+
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return _Sourced(**clean)

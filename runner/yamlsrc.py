@@ -1,0 +1,241 @@
+"""Build Python data from YAML events while recording each node's line and column.
+
+PyYAML's C composer recurses and crashes the process on deep nesting, and its
+constructor happily expands alias bombs; this builder walks the (iterative) libyaml
+event stream instead, with limits on depth and on nodes after alias expansion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+Path = tuple[str | int, ...]
+Position = tuple[int, int]  # 1-based line and column
+
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class SourceError(ValueError):
+    """A syntax or limit problem at a place in the source."""
+
+    def __init__(self, message: str, line: int, column: int, path: Path = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+        self.path = path
+
+
+@dataclass
+class Document:
+    """One YAML document (or the TOML file): its data and where each path starts."""
+
+    data: Any
+    start: Position
+    values: dict[Path, Position] = field(default_factory=dict)
+    keys: dict[Path, Position] = field(default_factory=dict)
+
+    def position(self, path: Path, prefer_key: bool = False) -> Position:
+        """Best position for `path`: the node itself, else the nearest ancestor."""
+        for cut in range(len(path), -1, -1):
+            sub = path[:cut]
+            first, second = (self.keys, self.values) if prefer_key else (self.values, self.keys)
+            found = first.get(sub) or second.get(sub)
+            if found is not None:
+                return found
+        return self.start
+
+
+@dataclass
+class _Frame:
+    kind: str  # "map" or "seq"
+    path: Path
+    value: Any
+    anchor: str | None
+    pending_key: Any = None
+    has_key: bool = False
+    weight: int = 1
+
+
+def _mark(event: yaml.Event) -> Position:
+    mark: Any = event.start_mark
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+
+
+class _Builder:
+    def __init__(self, loader: yaml.SafeLoader, max_depth: int, max_nodes: int) -> None:
+        self.loader = loader
+        self.max_depth = max_depth
+        self.max_nodes = max_nodes
+        self.nodes = 0
+        self.stack: list[_Frame] = []
+        self.anchors: dict[str, tuple[Any, int]] = {}
+        self.doc: Document | None = None
+
+    def count(self, weight: int, event: yaml.Event) -> None:
+        self.nodes += weight
+        if self.nodes > self.max_nodes:
+            line, col = _mark(event)
+            raise SourceError(
+                f"document expands to more than {self.max_nodes} nodes "
+                "(alias expansion or size limit; billion-laughs protection)",
+                line,
+                col,
+            )
+
+    def child_path(self) -> Path:
+        if not self.stack:
+            return ()
+        top = self.stack[-1]
+        if top.kind == "seq":
+            return (*top.path, len(top.value))
+        return (*top.path, _path_key(top.pending_key))
+
+    def start(self, event: yaml.CollectionStartEvent, kind: str) -> None:
+        if len(self.stack) >= self.max_depth:
+            line, col = _mark(event)
+            raise SourceError(f"nesting deeper than {self.max_depth} levels", line, col)
+        path = self.child_path()
+        self._record(path, event)
+        value: Any = {} if kind == "map" else []
+        self.stack.append(_Frame(kind, path, value, event.anchor))
+
+    def end(self) -> None:
+        frame = self.stack.pop()
+        if frame.anchor:
+            self.anchors[frame.anchor] = (frame.value, frame.weight)
+        self.add(frame.value, frame.weight, None)
+
+    def _record(self, path: Path, event: yaml.Event) -> None:
+        assert self.doc is not None
+        top = self.stack[-1] if self.stack else None
+        if top is None or top.kind == "seq" or top.has_key:
+            self.doc.values.setdefault(path, _mark(event))
+
+    def add(self, value: Any, weight: int, event: yaml.Event | None) -> None:
+        if not self.stack:
+            assert self.doc is not None
+            self.doc.data = value
+            return
+        top = self.stack[-1]
+        top.weight += weight
+        if top.kind == "seq":
+            top.value.append(value)
+        elif not top.has_key:
+            self._take_key(top, value, event)
+        else:
+            self._set_item(top, value)
+
+    def _take_key(self, top: _Frame, key: Any, event: yaml.Event | None) -> None:
+        assert self.doc is not None
+        if event is None or not isinstance(key, str | int | float | bool):
+            line, col = self.doc.position(top.path)
+            raise SourceError("mapping keys must be plain scalars", line, col, top.path)
+        path = (*top.path, _path_key(key))
+        if key in top.value and key != "<<":
+            line, col = _mark(event)
+            first = self.doc.keys.get(path, (0, 0))[0]
+            raise SourceError(f"duplicate key '{key}' (first at line {first})", line, col, path)
+        self.doc.keys.setdefault(path, _mark(event))
+        top.pending_key, top.has_key = key, True
+
+    def _set_item(self, top: _Frame, value: Any) -> None:
+        key = top.pending_key
+        top.pending_key, top.has_key = None, False
+        if key == "<<":
+            _merge(top.value, value)
+        else:
+            top.value[key] = value
+
+    def scalar(self, event: yaml.ScalarEvent) -> None:
+        self.count(1, event)
+        self._record(self.child_path(), event)
+        value = self._construct(event)
+        if event.anchor:
+            self.anchors[event.anchor] = (value, 1)
+        self.add(value, 1, event)
+
+    def _construct(self, event: yaml.ScalarEvent) -> Any:
+        if not event.style and event.tag in (None, "!"):
+            tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
+        else:
+            tag = event.tag if event.tag not in (None, "!") else "tag:yaml.org,2002:str"
+        if tag == "tag:yaml.org,2002:str":
+            return event.value
+        marks: Any = (event.start_mark, event.end_mark)
+        node = yaml.ScalarNode(tag, event.value, marks[0], marks[1], event.style)
+        constructor = self.loader.yaml_constructors.get(tag)
+        if constructor is None:
+            line, col = _mark(event)
+            raise SourceError(f"unsupported YAML tag {tag}", line, col, self.child_path())
+        try:
+            return constructor(self.loader, node)
+        except (yaml.YAMLError, ValueError) as exc:
+            line, col = _mark(event)
+            raise SourceError(f"invalid {tag.rsplit(':', 1)[-1]}: {exc}", line, col) from None
+
+    def alias(self, event: yaml.AliasEvent) -> None:
+        if event.anchor not in self.anchors:
+            line, col = _mark(event)
+            raise SourceError(f"unknown alias '*{event.anchor}'", line, col)
+        value, weight = self.anchors[event.anchor]
+        self.count(weight, event)
+        self._record(self.child_path(), event)
+        self.add(value, weight, event)
+
+
+def _path_key(key: Any) -> str | int:
+    return key if isinstance(key, str | int) else str(key)
+
+
+def _merge(target: dict[Any, Any], value: Any) -> None:
+    sources = value if isinstance(value, list) else [value]
+    for source in sources:
+        if isinstance(source, dict):
+            for key, item in source.items():
+                target.setdefault(key, item)
+
+
+def load_yaml(text: str, *, max_depth: int = 32, max_nodes: int = 100_000) -> list[Document]:
+    """Parse every document in `text`; raise SourceError with a position on any problem."""
+    loader = _Loader(text)
+    builder = _Builder(loader, max_depth, max_nodes)
+    docs: list[Document] = []
+    try:
+        while True:
+            event = loader.get_event()  # type: ignore[no-untyped-call]
+            if event is None or isinstance(event, yaml.StreamEndEvent):
+                return docs
+            _dispatch(builder, event, docs)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise SourceError(f"YAML syntax error: {exc.problem or exc.context}", line, col) from None
+    except yaml.YAMLError as exc:
+        raise SourceError(f"YAML error: {exc}", 1, 1) from None
+    finally:
+        loader.dispose()
+
+
+def _dispatch(builder: _Builder, event: yaml.Event, docs: list[Document]) -> None:
+    if isinstance(event, yaml.DocumentStartEvent):
+        builder.doc = Document(None, _mark(event))
+        builder.anchors = {}
+    elif isinstance(event, yaml.DocumentEndEvent):
+        assert builder.doc is not None
+        docs.append(builder.doc)
+    elif isinstance(event, yaml.MappingStartEvent):
+        builder.count(1, event)
+        builder.start(event, "map")
+    elif isinstance(event, yaml.SequenceStartEvent):
+        builder.count(1, event)
+        builder.start(event, "seq")
+    elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+        builder.end()
+    elif isinstance(event, yaml.ScalarEvent):
+        builder.scalar(event)
+    elif isinstance(event, yaml.AliasEvent):
+        builder.alias(event)
