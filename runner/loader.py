@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 from runner.errors import Problem
 from runner.model import (
@@ -19,6 +20,7 @@ from runner.model import (
     JOB_ADAPTER,
     SUPPORTED_KINDS_TEXT,
     Job,
+    find_secret_refs,
 )
 from runner.spelling import normalise
 from runner.tomlsrc import load_toml
@@ -182,7 +184,8 @@ def load_file(
     try:
         raw = read_bounded(path, limits) if data is None else data
         result.content_hash = hashlib.sha256(raw).hexdigest()
-        docs = parse_documents(path, decode(raw), limits)
+        text = decode(raw)
+        docs = parse_documents(path, text, limits)
     except SourceError as exc:
         result.problems.append(Problem(shown, exc.line, exc.column, _dotted(exc.path), exc.message))
         return result
@@ -192,7 +195,7 @@ def load_file(
     # The file stem names the job only when the file holds exactly one, unlisted job.
     stem = path.stem if len(entries) == 1 and not entries[0][1] else None
     for doc, base, job_data in entries:
-        _validate_entry(result, doc, base, job_data, stem, defaults)
+        _validate_entry(result, doc, base, job_data, stem, defaults, "${" in text)
     if len(result.jobs) > limits.max_jobs_per_file:
         result.problems.append(
             Problem(shown, 1, 1, "jobs", f"more than {limits.max_jobs_per_file} jobs in one file")
@@ -227,6 +230,7 @@ def _validate_entry(
     data: Any,
     stem: str | None,
     defaults: Defaults,
+    has_refs: bool,
 ) -> None:
     if not isinstance(data, dict):
         line, col = doc.position(base)
@@ -242,20 +246,49 @@ def _validate_entry(
         value = getattr(defaults, key)
         if value is not None and key not in norm.data:
             norm.data[key] = value
-    problems = [
-        _problem(result.path, doc, base, norm.source_path(p), m, False) for p, m in norm.problems
-    ]
-    if problems:
+    found = list(norm.problems)
+    if has_refs:
+        found.extend(_secret_ref_problems(norm.data, ()))
+    problems = [_problem(result.path, doc, base, norm.source_path(p), m, False) for p, m in found]
+    if norm.problems:
         result.problems.extend(problems)
         return
     try:
         job = JOB_ADAPTER.validate_python(norm.data)
     except ValidationError as exc:
-        result.problems.extend(_pydantic_problems(exc, result.path, doc, base, norm))
+        problems.extend(_pydantic_problems(exc, result.path, doc, base, norm))
+    if problems:
+        result.problems.extend(_unique(problems))
         return
     line = doc.position(base)[0]
     digest = hashlib.sha256(job.model_dump_json(by_alias=True).encode()).hexdigest()
     result.jobs.append(LoadedJob(job, result.path, line, digest))
+
+
+def _secret_ref_problems(value: Any, path: DataPath) -> Iterator[tuple[DataPath, str]]:
+    """Locate every malformed ${...} secret reference anywhere in a job."""
+    if isinstance(value, str):
+        try:
+            find_secret_refs(value)
+        except PydanticCustomError as exc:
+            yield path, str(exc)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _secret_ref_problems(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _secret_ref_problems(item, (*path, index))
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    # The same place can fail both the early reference scan and the model.
+    seen: set[tuple[int, int, str]] = set()
+    out = []
+    for p in problems:
+        if (p.line, p.column, p.field) not in seen:
+            seen.add((p.line, p.column, p.field))
+            out.append(p)
+    return out
 
 
 def _pydantic_problems(
@@ -264,6 +297,7 @@ def _pydantic_problems(
     for error in exc.errors(include_url=False):
         loc = _clean_loc(error["loc"], error["type"])
         message, on_key = _message(error, loc)
+        on_key = on_key or "[key]" in error["loc"]
         yield _problem(shown, doc, base, norm.source_path(loc), message, on_key)
 
 

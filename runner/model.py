@@ -40,8 +40,9 @@ SUPPORTED_KINDS_TEXT = (
 )
 STORAGE_OPERATIONS = ("upload", "download", "remove", "listFiles", "getSignedUrl")
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# Anchored: pydantic's `pattern` searches, it does not match the whole string.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _SECRET_REF = re.compile(r"\$\{([^}]*)\}")
 _SECRET_SCHEMES = ("env", "file", "credential")
 
@@ -86,8 +87,8 @@ def find_secret_refs(text: str) -> list[tuple[str, str]]:
         if not sep or scheme not in _SECRET_SCHEMES or not arg:
             raise PydanticCustomError(
                 "secret_ref",
-                "invalid secret reference '${{{ref}}}': use ${{env:NAME}}, ${{file:/path}} "
-                "or ${{credential:NAME}}",
+                "invalid secret reference '${{ref}}': use ${env:NAME}, ${file:/path} "
+                "or ${credential:NAME}",
                 {"ref": match.group(1)},
             )
         if scheme == "file" and not arg.startswith("/"):

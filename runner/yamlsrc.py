@@ -100,6 +100,10 @@ class _Builder:
             raise SourceError(f"nesting deeper than {self.max_depth} levels", line, col)
         path = self.child_path()
         self._record(path, event)
+        standard = "tag:yaml.org,2002:" + ("map" if kind == "map" else "seq")
+        if event.tag not in (None, "!", standard):
+            line, col = _mark(event)
+            raise SourceError(f"unsupported YAML tag {event.tag}", line, col, path)
         value: Any = {} if kind == "map" else []
         self.stack.append(_Frame(kind, path, value, event.anchor))
 
@@ -152,19 +156,26 @@ class _Builder:
 
     def scalar(self, event: yaml.ScalarEvent) -> None:
         self.count(1, event)
-        self._record(self.child_path(), event)
         value = self._construct(event)
         if event.anchor:
             self.anchors[event.anchor] = (value, 1)
+        top = self.stack[-1] if self.stack else None
+        if top is not None and top.kind == "map" and not top.has_key:
+            top.weight += 1
+            self._take_key(top, value, event)  # keys need no value position
+            return
+        self._record(self.child_path(), event)
         self.add(value, 1, event)
 
     def _construct(self, event: yaml.ScalarEvent) -> Any:
         if not event.style and event.tag in (None, "!"):
-            tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
+            tag = _resolve_plain(self.loader, event)
         else:
             tag = event.tag if event.tag not in (None, "!") else "tag:yaml.org,2002:str"
         if tag == "tag:yaml.org,2002:str":
             return event.value
+        if tag == "tag:yaml.org,2002:merge":
+            return "<<"  # merge key: _set_item folds the mapping(s) in
         marks: Any = (event.start_mark, event.end_mark)
         node = yaml.ScalarNode(tag, event.value, marks[0], marks[1], event.style)
         constructor = self.loader.yaml_constructors.get(tag)
@@ -185,6 +196,19 @@ class _Builder:
         self.count(weight, event)
         self._record(self.child_path(), event)
         self.add(value, weight, event)
+
+
+_PLAIN_TAGS: dict[str, str] = {}
+
+
+def _resolve_plain(loader: yaml.SafeLoader, event: yaml.ScalarEvent) -> str:
+    """Implicit tag of a plain scalar; memoised because job files repeat their words."""
+    tag = _PLAIN_TAGS.get(event.value)
+    if tag is None:
+        tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
+        if len(_PLAIN_TAGS) < 50_000 and len(event.value) < 64:
+            _PLAIN_TAGS[event.value] = tag
+    return tag
 
 
 def _path_key(key: Any) -> str | int:
@@ -211,31 +235,57 @@ def load_yaml(text: str, *, max_depth: int = 32, max_nodes: int = 100_000) -> li
                 return docs
             _dispatch(builder, event, docs)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise SourceError(f"YAML syntax error: {exc.problem or exc.context}", line, col) from None
+        raise _syntax_error(exc) from None
     except yaml.YAMLError as exc:
         raise SourceError(f"YAML error: {exc}", 1, 1) from None
     finally:
         loader.dispose()
 
 
+def _syntax_error(exc: yaml.MarkedYAMLError) -> SourceError:
+    mark: Any = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    message = f"YAML syntax error: {exc.problem or exc.context}"
+    start: Any = exc.context_mark
+    if exc.context and start is not None and start.line + 1 != line:
+        message += f" ({exc.context} started at line {start.line + 1})"
+    return SourceError(message, line, col)
+
+
 def _dispatch(builder: _Builder, event: yaml.Event, docs: list[Document]) -> None:
-    if isinstance(event, yaml.DocumentStartEvent):
-        builder.doc = Document(None, _mark(event))
-        builder.anchors = {}
-    elif isinstance(event, yaml.DocumentEndEvent):
-        assert builder.doc is not None
-        docs.append(builder.doc)
-    elif isinstance(event, yaml.MappingStartEvent):
-        builder.count(1, event)
-        builder.start(event, "map")
-    elif isinstance(event, yaml.SequenceStartEvent):
-        builder.count(1, event)
-        builder.start(event, "seq")
-    elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
-        builder.end()
-    elif isinstance(event, yaml.ScalarEvent):
-        builder.scalar(event)
-    elif isinstance(event, yaml.AliasEvent):
-        builder.alias(event)
+    handler = _HANDLERS.get(type(event))
+    if handler is not None:
+        handler(builder, event, docs)
+
+
+def _document_start(builder: _Builder, event: Any, docs: list[Document]) -> None:
+    builder.doc = Document(None, _mark(event))
+    builder.anchors = {}
+
+
+def _document_end(builder: _Builder, event: Any, docs: list[Document]) -> None:
+    assert builder.doc is not None
+    docs.append(builder.doc)
+
+
+def _mapping_start(builder: _Builder, event: Any, docs: list[Document]) -> None:
+    builder.count(1, event)
+    builder.start(event, "map")
+
+
+def _sequence_start(builder: _Builder, event: Any, docs: list[Document]) -> None:
+    builder.count(1, event)
+    builder.start(event, "seq")
+
+
+# Dispatch on the exact event class: scalars dominate, so no isinstance chain.
+_HANDLERS: dict[type, Any] = {
+    yaml.ScalarEvent: lambda b, e, d: b.scalar(e),
+    yaml.MappingStartEvent: _mapping_start,
+    yaml.MappingEndEvent: lambda b, e, d: b.end(),
+    yaml.SequenceStartEvent: _sequence_start,
+    yaml.SequenceEndEvent: lambda b, e, d: b.end(),
+    yaml.AliasEvent: lambda b, e, d: b.alias(e),
+    yaml.DocumentStartEvent: _document_start,
+    yaml.DocumentEndEvent: _document_end,
+}
