@@ -1,0 +1,59 @@
+"""Pure scheduling decisions: catch-up of missed occurrences, jitter, and job status."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from runner.model import Catchup
+
+CATCHUP_ALL_CAP = 100
+# An occurrence this late counts as missed (downtime, stall, forward clock jump).
+LATE_GRACE = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class CatchupDecision:
+    """Which missed instants run, which are recorded as skipped, and why."""
+
+    run: list[datetime]
+    skip: list[datetime]
+    reason: str
+
+
+def decide_catchup(missed: list[datetime], policy: Catchup, now: datetime) -> CatchupDecision:
+    """Apply the job's catch-up policy to instants that are already in the past."""
+    if not missed:
+        return CatchupDecision([], [], "nothing missed")
+    if policy.policy == "skip":
+        return CatchupDecision([], missed, "catchup policy skip")
+    if policy.policy == "all":
+        run = missed[-CATCHUP_ALL_CAP:]
+        return CatchupDecision(
+            run, missed[: -len(run)], f"catchup policy all (cap {CATCHUP_ALL_CAP})"
+        )
+    latest = missed[-1]
+    if now - latest <= timedelta(milliseconds=policy.window):
+        return CatchupDecision([latest], missed[:-1], "catchup policy latest")
+    return CatchupDecision([], missed, "catchup policy latest: older than window")
+
+
+def jitter_delay_ms(job: str, scheduled: datetime, jitter_ms: int, gap_ms: int | None) -> int:
+    """A stable delay in [0, jitter) for (job, instant) that never reaches the next occurrence.
+
+    Derived from a hash rather than a random source so that a restart (or another
+    replica) computes the same delay for the same occurrence.
+    """
+    if jitter_ms <= 0:
+        return 0
+    bound = jitter_ms if gap_ms is None else min(jitter_ms, max(gap_ms // 2, 0))
+    if bound <= 0:
+        return 0
+    seed = zlib.crc32(f"{job}@{scheduled.isoformat()}".encode())
+    return seed % bound
+
+
+def idempotency_key(job: str, scheduled_ms: int) -> str:
+    """The key every attempt of one occurrence carries: stable across restarts and replicas."""
+    return f"ductape-runner:{job}:{scheduled_ms}"

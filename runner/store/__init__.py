@@ -1,0 +1,92 @@
+"""Durable state: the records the scheduler keeps and the interface every backend implements.
+
+Times are integer milliseconds since the epoch (UTC) everywhere in the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+JobStatus = Literal["scheduled", "queued", "running", "suspended", "paused", "completed", "failed"]
+OccurrenceState = Literal[
+    "planned", "running", "succeeded", "failed", "skipped", "cancelled", "dry_run"
+]
+OPEN_STATES = ("planned", "running")
+RAN_STATES = ("succeeded", "failed")  # these count toward `limit`; skipped ones do not
+
+
+@dataclass
+class JobRecord:
+    """What the runner remembers about one job across restarts."""
+
+    name: str
+    definition_hash: str
+    schedule_hash: str
+    first_seen_ms: int
+    anchor_ms: int = 0  # phase of `every` without start_at; moves when the schedule changes
+    path: str = ""
+    execution_count: int = 0
+    last_scheduled_ms: int | None = None
+    last_started_ms: int | None = None
+    last_finished_ms: int | None = None
+    last_outcome: str | None = None
+    last_error: str | None = None
+    next_fire_ms: int | None = None
+    status: JobStatus = "scheduled"
+    paused: bool = False
+    retry_count: int = 0
+    removed_ms: int | None = None
+    succeeded_hash: str | None = None  # definition a one-shot succeeded with
+
+
+@dataclass
+class Occurrence:
+    """One (job, scheduled instant): written before its call is made."""
+
+    job: str
+    scheduled_ms: int
+    idempotency_key: str
+    state: OccurrenceState = "planned"
+    trigger: str = "schedule"  # schedule | catchup | manual
+    reason: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    created_ms: int = 0
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    duration_ms: int | None = None
+    next_attempt_ms: int | None = None
+
+
+class Store(Protocol):
+    """A state backend. SQLite is the default; every method is one transaction."""
+
+    def close(self) -> None: ...
+
+    def load_jobs(self) -> dict[str, JobRecord]: ...
+
+    def save_job(self, record: JobRecord) -> None: ...
+
+    def save_jobs(self, records: list[JobRecord]) -> None: ...
+
+    def plan(self, occurrence: Occurrence, record: JobRecord) -> bool:
+        """Insert the occurrence if absent and save its job, in one transaction.
+
+        False (and nothing written) when (job, scheduled_ms) already exists.
+        """
+        ...
+
+    def update_occurrence(self, occurrence: Occurrence) -> None: ...
+
+    def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
+        """Write a final occurrence state and its job's counters atomically."""
+        ...
+
+    def get_occurrence(self, job: str, scheduled_ms: int) -> Occurrence | None: ...
+
+    def open_occurrences(self) -> list[Occurrence]: ...
+
+    def history(self, job: str, limit: int = 50) -> list[Occurrence]: ...
+
+    def prune(self, before_ms: int) -> int: ...

@@ -1,0 +1,171 @@
+"""The SQLite state backend (WAL mode), with versioned migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import astuple, fields
+from pathlib import Path
+
+from runner.store import JobRecord, Occurrence
+
+# Each entry migrates from version i to i+1; never edit a released one, append.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE jobs (
+        name TEXT PRIMARY KEY,
+        definition_hash TEXT NOT NULL,
+        schedule_hash TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        anchor_ms INTEGER NOT NULL,
+        path TEXT NOT NULL DEFAULT '',
+        execution_count INTEGER NOT NULL DEFAULT 0,
+        last_scheduled_ms INTEGER,
+        last_started_ms INTEGER,
+        last_finished_ms INTEGER,
+        last_outcome TEXT,
+        last_error TEXT,
+        next_fire_ms INTEGER,
+        status TEXT NOT NULL,
+        paused INTEGER NOT NULL DEFAULT 0,
+        retry_count INTEGER NOT NULL DEFAULT 0,
+        removed_ms INTEGER,
+        succeeded_hash TEXT
+    );
+    CREATE TABLE occurrences (
+        job TEXT NOT NULL,
+        scheduled_ms INTEGER NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_ms INTEGER NOT NULL,
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        duration_ms INTEGER,
+        next_attempt_ms INTEGER,
+        PRIMARY KEY (job, scheduled_ms)
+    );
+    CREATE INDEX occurrences_open ON occurrences (state) WHERE state IN ('planned', 'running');
+    CREATE INDEX occurrences_finished ON occurrences (finished_ms);
+    """,
+]
+
+_JOB_COLUMNS = [f.name for f in fields(JobRecord)]
+_OCC_COLUMNS = [f.name for f in fields(Occurrence)]
+
+
+def _upsert(table: str, columns: list[str], keys: tuple[str, ...]) -> str:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+    marks = ", ".join("?" for _ in columns)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
+
+
+_SAVE_JOB = _upsert("jobs", _JOB_COLUMNS, ("name",))
+_SAVE_OCC = _upsert("occurrences", _OCC_COLUMNS, ("job", "scheduled_ms"))
+_PLAN_OCC = (
+    f"INSERT INTO occurrences ({', '.join(_OCC_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _OCC_COLUMNS)}) ON CONFLICT DO NOTHING"
+)
+_SELECT_OCC = f"SELECT {', '.join(_OCC_COLUMNS)} FROM occurrences"
+
+
+class SqliteStore:
+    """State in one SQLite file. WAL + synchronous=NORMAL survives a process crash
+    (SIGKILL) without losing a committed transaction; only power loss can."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.migrate()
+
+    def migrate(self) -> int:
+        version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"state database {self.path} is at schema version {version}, newer than this "
+                f"runner ({len(MIGRATIONS)}): upgrade the runner or use another state file"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executescript(MIGRATIONS[number])
+                self.db.execute(f"PRAGMA user_version = {number + 1}")
+        return len(MIGRATIONS)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def load_jobs(self) -> dict[str, JobRecord]:
+        rows = self.db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs").fetchall()
+        records = (JobRecord(*row) for row in rows)
+        return {r.name: _fix_job(r) for r in records}
+
+    def save_job(self, record: JobRecord) -> None:
+        self.db.execute(_SAVE_JOB, astuple(record))
+
+    def save_jobs(self, records: list[JobRecord]) -> None:
+        with self._tx():
+            self.db.executemany(_SAVE_JOB, [astuple(r) for r in records])
+
+    def plan(self, occurrence: Occurrence, record: JobRecord) -> bool:
+        with self._tx():
+            cursor = self.db.execute(_PLAN_OCC, astuple(occurrence))
+            if cursor.rowcount != 1:
+                return False
+            self.db.execute(_SAVE_JOB, astuple(record))
+        return True
+
+    def update_occurrence(self, occurrence: Occurrence) -> None:
+        self.db.execute(_SAVE_OCC, astuple(occurrence))
+
+    def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
+        with self._tx():
+            self.db.execute(_SAVE_OCC, astuple(occurrence))
+            self.db.execute(_SAVE_JOB, astuple(record))
+
+    def get_occurrence(self, job: str, scheduled_ms: int) -> Occurrence | None:
+        row = self.db.execute(
+            f"{_SELECT_OCC} WHERE job = ? AND scheduled_ms = ?", (job, scheduled_ms)
+        ).fetchone()
+        return Occurrence(*row) if row else None
+
+    def open_occurrences(self) -> list[Occurrence]:
+        rows = self.db.execute(
+            f"{_SELECT_OCC} WHERE state IN ('planned', 'running') ORDER BY scheduled_ms"
+        ).fetchall()
+        return [Occurrence(*row) for row in rows]
+
+    def history(self, job: str, limit: int = 50) -> list[Occurrence]:
+        rows = self.db.execute(
+            f"{_SELECT_OCC} WHERE job = ? ORDER BY scheduled_ms DESC LIMIT ?", (job, limit)
+        ).fetchall()
+        return [Occurrence(*row) for row in rows]
+
+    def prune(self, before_ms: int) -> int:
+        """Forget finished occurrences older than the retention horizon."""
+        cursor = self.db.execute(
+            "DELETE FROM occurrences WHERE finished_ms IS NOT NULL AND finished_ms < ? "
+            "AND state NOT IN ('planned', 'running')",
+            (before_ms,),
+        )
+        return cursor.rowcount
+
+    def _tx(self) -> sqlite3.Connection:
+        # isolation_level=None is autocommit; `with db` after BEGIN commits or rolls back.
+        self.db.execute("BEGIN")
+        return self.db
+
+
+def _fix_job(record: JobRecord) -> JobRecord:
+    record.paused = bool(record.paused)
+    return record

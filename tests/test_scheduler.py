@@ -1,0 +1,362 @@
+"""The scheduler on a fake clock and a real SQLite file: what fires, when, and how often."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from runner.clock import FakeClock
+from runner.scheduler import from_ms, to_ms
+from tests.sched_helpers import FakeExecutor, Harness, jobs_from
+
+T0 = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+def iso(*moments: str) -> list[str]:
+    return [datetime.fromisoformat(m).astimezone(UTC).isoformat() for m in moments]
+
+
+async def test_every_fires_at_first_sighting_then_each_interval(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: tick\nkind: quota\ntag: t\nschedule: {every: 10m}\n")
+    )
+    await clock.advance(25 * 60)
+    assert ex.times("tick") == iso(
+        "2026-03-01T00:00:00Z", "2026-03-01T00:10:00Z", "2026-03-01T00:20:00Z"
+    )
+    await h.stop()
+
+
+async def test_cron_in_a_zone_across_spring_forward(tmp_path: Path) -> None:
+    clock = FakeClock(datetime(2026, 3, 7, 12, tzinfo=UTC))
+    ex = FakeExecutor(clock)
+    text = (
+        "name: fixed\nkind: quota\ntag: t\nschedule: {cron: '30 2 * * *', tz: America/New_York}\n---\n"
+        "name: hourly\nkind: quota\ntag: t\nschedule: {cron: '0 * * * *', tz: America/New_York}\n"
+    )
+    h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, text))
+    await clock.advance_to(datetime(2026, 3, 9, 12, tzinfo=UTC))
+    # 2026-03-08 02:00 EST -> 03:00 EDT: 02:30 does not exist, cronie runs it at 03:00.
+    assert ex.times("fixed") == iso("2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00")
+    hourly = ex.times("hourly")
+    # Hourly jobs follow elapsed time: 01:00 EST is followed by 03:00 EDT, one hour later.
+    assert len(hourly) == 49  # 12:00 UTC to 12:00 UTC two days later, both ends included
+    i = hourly.index(iso("2026-03-08T01:00:00-05:00")[0])
+    assert hourly[i + 1] == iso("2026-03-08T03:00:00-04:00")[0]
+    await h.stop()
+
+
+async def test_limit_stops_after_n_runs_and_marks_the_job_completed(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: thrice\nkind: quota\ntag: t\nschedule: {every: 1m, limit: 3}\n")
+    )
+    await clock.advance(10 * 60)
+    assert len(ex.times("thrice")) == 3
+    record = h.store.load_jobs()["thrice"]
+    assert (record.execution_count, record.status, record.next_fire_ms) == (3, "completed", None)
+    await h.stop()
+
+
+async def test_end_date_stops_the_schedule(tmp_path: Path, clock: FakeClock) -> None:
+    ex = FakeExecutor(clock)
+    text = (
+        "name: until\nkind: quota\ntag: t\nschedule: {every: 1h, endDate: '2026-03-01T02:30:00Z'}\n"
+    )
+    h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, text))
+    await clock.advance(86_400)
+    assert ex.times("until") == iso(
+        "2026-03-01T00:00:00Z", "2026-03-01T01:00:00Z", "2026-03-01T02:00:00Z"
+    )
+    await h.stop()
+
+
+async def test_forbid_records_a_skip_while_the_previous_run_is_still_running(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ex = FakeExecutor(clock, duration_s=90)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: slow\nkind: quota\ntag: t\nschedule: {every: 1m}\n")
+    )
+    await clock.advance(150)
+    states = [
+        (from_ms(o.scheduled_ms).minute, o.state, o.reason)
+        for o in reversed(h.store.history("slow"))
+    ]
+    assert states == [
+        (0, "succeeded", None),
+        (1, "skipped", "previous run still running (concurrency forbid)"),
+        (2, "running", None),
+    ]
+    await h.stop()
+
+
+async def test_allow_overlaps_runs(tmp_path: Path, clock: FakeClock) -> None:
+    ex = FakeExecutor(clock, duration_s=150)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(
+            tmp_path, "name: slow\nkind: quota\ntag: t\nconcurrency: allow\nschedule: {every: 1m}\n"
+        )
+    )
+    await clock.advance(130)
+    assert (len(ex.calls), ex.peak) == (3, 3)
+    await h.stop()
+
+
+async def test_replace_cancels_the_running_occurrence(tmp_path: Path, clock: FakeClock) -> None:
+    ex = FakeExecutor(clock, duration_s=90)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(
+            tmp_path,
+            "name: slow\nkind: quota\ntag: t\nconcurrency: replace\nschedule: {every: 1m}\n",
+        )
+    )
+    await clock.advance(70)
+    first, second = reversed(h.store.history("slow"))
+    assert (first.state, first.reason) == (
+        "cancelled",
+        "replaced by a newer occurrence (concurrency replace)",
+    )
+    assert second.state == "running"
+    await h.stop()
+
+
+async def test_global_limit_caps_concurrent_runs(tmp_path: Path, clock: FakeClock) -> None:
+    ex = FakeExecutor(clock, duration_s=5)
+    text = "\n---\n".join(
+        f"name: j{i}\nkind: quota\ntag: t\nschedule: {{every: 1h}}" for i in range(5)
+    )
+    h = await Harness(tmp_path, clock, ex, max_concurrent=2).start(jobs_from(tmp_path, text))
+    statuses = sorted(r.status for r in h.scheduler.records.values())
+    assert statuses == ["queued", "queued", "queued", "running", "running"]
+    await clock.advance(20)
+    assert (ex.peak, len(ex.calls)) == (2, 5)
+    await h.stop()
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_runs", "expected_skipped"),
+    [
+        ("skip", [], 18),
+        ("latest", ["2026-03-01T03:00:00+00:00"], 17),
+        ("all", [f"2026-03-01T{h:02d}:{m:02d}:00+00:00" for h in (0, 1, 2) for m in (10, 20, 30, 40, 50)]
+         + ["2026-03-01T01:00:00+00:00", "2026-03-01T02:00:00+00:00", "2026-03-01T03:00:00+00:00"], 0),
+    ],
+)  # fmt: skip
+async def test_missed_occurrences_follow_the_catchup_policy_after_a_crash(
+    tmp_path: Path, clock: FakeClock, policy: str, expected_runs: list[str], expected_skipped: int
+) -> None:
+    text = (
+        f"name: ten\nkind: quota\ntag: t\nschedule: {{every: 10m}}\ncatchup: {{policy: {policy}}}\n"
+    )
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, text))
+    await h.crash()  # down from 00:00:00 (after the first run) until 03:05
+    clock.jump_wall(timedelta(hours=3, minutes=5))
+    ex2 = FakeExecutor(clock)
+    h2 = await Harness(tmp_path, clock, ex2).start(jobs_from(tmp_path, text))
+    assert sorted(ex2.times("ten")) == sorted(expected_runs)
+    skipped = [o for o in h2.store.history("ten", 100) if o.state == "skipped"]
+    assert len(skipped) == expected_skipped
+    assert h2.scheduler.entries["ten"].due == datetime(2026, 3, 1, 3, 10, tzinfo=UTC)
+    await h2.stop()
+
+
+async def test_latest_catchup_ignores_an_occurrence_older_than_the_window(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    text = "name: d\nkind: quota\ntag: t\nschedule: {cron: '0 1 * * *'}\ncatchup: {policy: latest, window: 30m}\n"
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, text))
+    await h.crash()
+    clock.jump_wall(timedelta(hours=2))  # 01:00 was missed an hour ago, beyond the 30 m window
+    ex2 = FakeExecutor(clock)
+    h2 = await Harness(tmp_path, clock, ex2).start(jobs_from(tmp_path, text))
+    assert ex2.calls == []
+    [skipped] = h2.store.history("d")
+    assert skipped.reason == "missed: catchup policy latest: older than window"
+    await h2.stop()
+
+
+async def test_execution_count_survives_a_crash_and_limit_holds(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    text = (
+        "name: five\nkind: quota\ntag: t\nschedule: {every: 1m, limit: 5}\ncatchup: {policy: all}\n"
+    )
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, text))
+    await clock.advance(150)  # runs at 0, 1, 2 minutes
+    await h.crash()
+    clock.jump_wall(timedelta(minutes=30))
+    ex2 = FakeExecutor(clock)
+    h2 = await Harness(tmp_path, clock, ex2).start(jobs_from(tmp_path, text))
+    await clock.advance(600)
+    assert (len(ex.calls), len(ex2.calls)) == (3, 2)
+    assert h2.store.load_jobs()["five"].execution_count == 5
+    await h2.stop()
+
+
+async def test_a_succeeded_one_shot_never_runs_again_unless_its_definition_changes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    text = "name: once\nkind: quota\ntag: t\nschedule: {start_at: '2026-03-01T00:05:00Z'}\n"
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, text))
+    await clock.advance(3600)
+    await h.stop()
+    for _ in range(2):  # restarts do not rerun it
+        h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, text))
+        await clock.advance(3600)
+        assert h.store.load_jobs()["once"].status == "completed"
+        await h.stop()
+    assert ex.times("once") == iso("2026-03-01T00:05:00Z")
+    changed = text.replace("tag: t", "tag: t2").replace("'2026-03-01T00:05:00Z'", "0")
+    h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, changed))
+    await clock.advance(1)
+    assert len(ex.times("once")) == 2
+    await h.stop()
+
+
+async def test_a_changed_schedule_counts_from_now_and_keeps_the_execution_count(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {every: 10m}\n")
+    )
+    await clock.advance(25 * 60)  # ran at 0, 10, 20
+    h.scheduler.upsert(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {every: 1h}\n")["j"]
+    )
+    # The phase stays at the first sighting (00:00): the next run is 01:00, not 01:25.
+    assert h.scheduler.entries["j"].due == datetime(2026, 3, 1, 1, tzinfo=UTC)
+    await clock.advance(60 * 60)
+    assert ex.times("j")[-2:] == iso("2026-03-01T00:20:00Z", "2026-03-01T01:00:00Z")
+    assert h.store.load_jobs()["j"].execution_count == 4
+    await h.stop()
+
+
+async def test_a_job_moved_to_another_file_keeps_its_state(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ex = FakeExecutor(clock)
+    text = "name: j\nkind: quota\ntag: t\nschedule: {every: 10m}\n"
+    h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, text, "a.yaml"))
+    await clock.advance(15 * 60)
+    moved = jobs_from(tmp_path, text, "b.yaml")["j"]
+    assert h.scheduler.upsert(moved) == "unchanged"
+    await clock.advance(10 * 60)
+    assert len(ex.calls) == 3
+    assert h.store.load_jobs()["j"].path.endswith("b.yaml")
+    await h.stop()
+
+
+async def test_a_removed_job_leaves_the_schedule_but_keeps_its_history(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ex = FakeExecutor(clock, duration_s=30)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {every: 1m}\n")
+    )
+    await clock.advance(10)
+    assert h.scheduler.remove("j")
+    await clock.advance(600)
+    assert len(ex.calls) == 1
+    [occ] = h.store.history("j")
+    assert occ.state == "succeeded"  # the running attempt finished
+    assert h.store.load_jobs()["j"].removed_ms is not None
+    await h.stop()
+
+
+async def test_pause_and_resume(tmp_path: Path, clock: FakeClock) -> None:
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {every: 10m}\n")
+    )
+    h.scheduler.pause("j")
+    await clock.advance(3600)
+    assert len(ex.calls) == 1 and h.store.load_jobs()["j"].status == "paused"
+    h.scheduler.resume("j")
+    await clock.advance(600)
+    assert ex.times("j")[-1] == iso("2026-03-01T01:10:00Z")[0]
+    await h.stop()
+
+
+async def test_suspended_jobs_are_not_scheduled(tmp_path: Path, clock: FakeClock) -> None:
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nsuspend: true\nschedule: {every: 1m}\n")
+    )
+    await clock.advance(600)
+    assert ex.calls == [] and h.store.load_jobs()["j"].status == "suspended"
+    await h.stop()
+
+
+async def test_manual_trigger_runs_now_with_its_own_key(tmp_path: Path, clock: FakeClock) -> None:
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {cron: '0 9 * * *'}\n")
+    )
+    await clock.advance(60)
+    occ = h.scheduler.trigger("j")
+    await clock.settle()
+    assert occ.trigger == "manual"
+    assert [c.key for c in ex.calls] == [f"ductape-runner:j:{to_ms(T0) + 60_000}"]
+    assert h.scheduler.entries["j"].due == datetime(2026, 3, 1, 9, tzinfo=UTC)
+    await h.stop()
+
+
+async def test_a_forward_clock_jump_applies_catchup_instead_of_a_burst(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {every: 1m}\n")
+    )
+    await clock.advance(30)
+    clock.jump_wall(timedelta(hours=1))  # suspend/resume or an NTP step
+    await clock.advance(31)
+    # One catch-up run for the latest missed minute, not sixty.
+    assert ex.times("j") == iso("2026-03-01T00:00:00Z", "2026-03-01T01:01:00Z")
+    await h.stop()
+
+
+async def test_a_backward_clock_jump_does_not_rerun_occurrences(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {every: 1m}\n")
+    )
+    await clock.advance(150)  # ran 00:00, 00:01, 00:02
+    clock.jump_wall(timedelta(minutes=-2))
+    await clock.advance(150)
+    assert ex.times("j") == iso(*(f"2026-03-01T00:0{m}:00Z" for m in range(4)))
+    await h.stop()
+
+
+async def test_jitter_delays_but_never_past_the_next_occurrence(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\njitter: 1h\nschedule: {every: 1m}\n")
+    )
+    await clock.advance(30 * 60)
+    for call in ex.calls:
+        assert timedelta(0) <= call.at - call.scheduled < timedelta(seconds=30)
+    assert len(ex.calls) == 30
+    await h.stop()
