@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of a job file")
     schema.set_defaults(handler=cmd_schema)
+
+    nxt = sub.add_parser("next", help="show a job's next fire times, as the daemon computes them")
+    _common(nxt)
+    nxt.add_argument("job", help="job name (in the jobs folder) or a job file")
+    nxt.add_argument("-n", type=int, default=5, help="how many (default 5)")
+    nxt.add_argument("--after", help="ISO 8601 instant to start from (default now)")
+    nxt.add_argument("--json", action="store_true", help="print a JSON array of ISO 8601 times")
+    nxt.set_defaults(handler=cmd_next)
     return parser
 
 
@@ -80,6 +88,18 @@ def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     from runner.schema import render
 
     sys.stdout.write(render())
+    return 0
+
+
+def cmd_next(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.nextcmd import NextError, upcoming
+
+    try:
+        lines = upcoming(args.job, settings, n=args.n, after=args.after, as_json=args.json)
+    except NextError as exc:
+        print(f"ductape-runner next: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
     return 0
 
 

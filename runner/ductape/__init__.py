@@ -1,0 +1,1 @@
+"""Talking to Ductape: wire format (wire), job → operation (operations), HTTP client (client)."""

@@ -1,0 +1,336 @@
+"""The Ductape HTTP client: one pooled connection set, one call per operation, typed failures.
+
+Failures are classified into this tree (every class builds its message from typed fields):
+
+    RunnerError                      (runner.errors)
+    └── DuctapeError                 a call to Ductape failed
+        ├── RetryableError           worth another attempt; carries retry_after_s
+        │     connect errors, timeouts, connection resets and other transport errors;
+        │     HTTP 408, 425, 429, 500, 502, 503, 504;
+        │     proxy codes meaning timeout, rate limit, unavailable or connection error
+        └── PermanentError           retrying cannot help
+              other HTTP statuses (400, 401, 403, 404, 413, 501, ...);
+              proxy codes VALIDATION_ERROR, NOT_FOUND, UNAUTHORIZED, FORBIDDEN, ...;
+              unknown proxy codes, unless the HTTP status itself is retryable
+
+Unknown codes are permanent because retries happen only on the errors named (Ductape's
+"Retry Strategies" page lists what it retries); a gateway's retryable HTTP status still wins
+over an unknown code, while a named permanent code wins over everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+
+import httpx
+import structlog
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from runner.ductape import wire
+from runner.ductape.operations import Operation
+from runner.errors import RunnerError
+
+DEFAULT_BASE_URL = "https://api.ductape.app"
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRYABLE_CODES = frozenset(
+    {
+        "TIMEOUT",
+        "REQUEST_TIMEOUT",
+        "GATEWAY_TIMEOUT",
+        "ETIMEDOUT",
+        "RATE_LIMITED",
+        "RATE_LIMIT",
+        "RATE_LIMIT_EXCEEDED",
+        "TOO_MANY_REQUESTS",
+        "THROTTLED",
+        "SERVICE_UNAVAILABLE",
+        "UNAVAILABLE",
+        "CONNECTION_ERROR",
+        "ECONNRESET",
+        "ECONNREFUSED",
+        "NETWORK_ERROR",
+    }
+)
+PERMANENT_CODES = frozenset(
+    {
+        "VALIDATION_ERROR",
+        "BAD_REQUEST",
+        "INVALID_REQUEST",
+        "NOT_FOUND",
+        "UNAUTHORIZED",
+        "FORBIDDEN",
+        "PAYLOAD_TOO_LARGE",
+    }
+)
+
+log = structlog.get_logger(__name__)
+
+
+class DuctapeError(RunnerError):
+    """A call to Ductape failed; never holds the access token or resolved secrets."""
+
+    def __init__(
+        self,
+        operation: str,
+        reason: str,
+        *,
+        http_status: int | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.operation = operation
+        self.reason = reason
+        self.http_status = http_status
+        self.code = code
+        self.detail = detail
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = [f"HTTP {self.http_status}"] if self.http_status is not None else []
+        where += [f"code {self.code}"] if self.code else []
+        text = f"{self.operation}: {self.reason}" + (f" ({', '.join(where)})" if where else "")
+        return text + (f": {self.detail}" if self.detail else "")
+
+
+class RetryableError(DuctapeError):
+    """Another attempt may succeed; `retry_after_s` is the server's requested wait, if any."""
+
+    def __init__(
+        self,
+        operation: str,
+        reason: str,
+        *,
+        http_status: int | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(operation, reason, http_status=http_status, code=code, detail=detail)
+
+    def _text(self) -> str:
+        after = f"; retry after {self.retry_after_s:g}s" if self.retry_after_s is not None else ""
+        return super()._text() + after
+
+
+class PermanentError(DuctapeError):
+    """Retrying cannot help: the request is wrong, unauthorised or names something unknown."""
+
+
+class Credentials(BaseModel):
+    """Where and as whom to call the SDK proxy; the access token never prints."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = DEFAULT_BASE_URL
+    workspace_id: str
+    user_id: str
+    public_key: str
+    access_token: SecretStr
+
+
+@dataclass(frozen=True)
+class Result:
+    """A successful call: the operation's result and the proxy's bookkeeping."""
+
+    data: Any
+    request_id: str | None
+    execution_time_ms: float | None
+    http_status: int
+    duration_ms: float
+
+
+def normalise_code(code: str | None) -> str | None:
+    """'rate-limited' and 'Rate_Limited' are the same code."""
+    return code.strip().upper().replace("-", "_") if code else None
+
+
+def is_retryable(http_status: int, code: str | None) -> bool:
+    """The classification table in the module docstring, as a pure function."""
+    code = normalise_code(code)
+    if code in PERMANENT_CODES:
+        return False
+    return code in RETRYABLE_CODES or http_status in RETRYABLE_STATUSES
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After as seconds from `now`: delay-seconds or an HTTP date; junk gives None."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def failure_error(
+    operation: str, failure: wire.ProxyFailure, retry_after_s: float | None
+) -> DuctapeError:
+    """Turn a proxy failure into the right branch of the tree."""
+    reason = "proxy refused the call" if failure.code else "unexpected response"
+    if is_retryable(failure.http_status, failure.code):
+        return RetryableError(
+            operation,
+            reason,
+            http_status=failure.http_status,
+            code=failure.code,
+            detail=failure.message,
+            retry_after_s=retry_after_s,
+        )
+    return PermanentError(
+        operation,
+        reason,
+        http_status=failure.http_status,
+        code=failure.code,
+        detail=failure.message,
+    )
+
+
+def transport_error(operation: str, exc: httpx.HTTPError) -> DuctapeError:
+    """Timeouts and connection trouble are retryable; a malformed URL or request is not."""
+    detail = _describe(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return RetryableError(operation, "timed out", detail=detail)
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return PermanentError(operation, "request cannot be sent", detail=detail)
+    return RetryableError(operation, "connection failed", detail=detail)
+
+
+def _describe(exc: BaseException) -> str:
+    """'ReadError (ConnectionResetError: ...)': httpx often wraps the telling error silently."""
+    chain = [exc]
+    current = exc.__cause__ or exc.__context__
+    while current is not None and len(chain) < 6:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    telling = next((e for e in chain if str(e)), None)
+    name = type(exc).__name__
+    if telling is None:
+        return name
+    if telling is exc:
+        return f"{name}: {exc}"
+    return f"{name} ({type(telling).__name__}: {telling})"
+
+
+class DuctapeClient:
+    """Execute operations through the SDK proxy over one pooled httpx.AsyncClient.
+
+    The pool is small by default: httpx's per-call CPU grows with the number of pooled
+    connections (encode/httpx#3215; see bench/dispatch.py), and callers beyond the limit
+    simply wait for a connection.
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        max_connections: int = 16,
+        max_keepalive_connections: int = 16,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._credentials = credentials
+        self._url = credentials.base_url.rstrip("/") + wire.EXECUTE_PATH
+        self._clock = clock
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_keepalive_connections
+        )
+        self._http = httpx.AsyncClient(limits=limits, transport=transport, trust_env=False)
+
+    async def __aenter__(self) -> DuctapeClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def encode(self, op: Operation) -> wire.EncodedBody:
+        """The request body for `op`, encrypted for this workspace."""
+        creds = self._credentials
+        payload = wire.build_payload(op.module, op.method, list(op.params), creds.user_id)
+        body = wire.build_request_body(
+            payload,
+            workspace_id=creds.workspace_id,
+            user_id=creds.user_id,
+            public_key=creds.public_key,
+        )
+        return wire.encode_body(body)
+
+    async def execute(self, op: Operation, *, idempotency_key: str, timeout_s: float) -> Result:
+        """Run `op` once; raise RetryableError or PermanentError when it does not succeed."""
+        encoded = self.encode(op)
+        headers = {
+            **encoded.headers,
+            wire.ACCESS_TOKEN_HEADER: self._credentials.access_token.get_secret_value(),
+            wire.IDEMPOTENCY_HEADER: idempotency_key,
+        }
+        started = time.perf_counter()
+        response = await self._post(op, encoded.content, headers, timeout_s)
+        duration_ms = (time.perf_counter() - started) * 1000
+        return self._result(op, response, duration_ms)
+
+    async def _post(
+        self, op: Operation, content: bytes, headers: dict[str, str], timeout_s: float
+    ) -> httpx.Response:
+        try:
+            # httpx timeouts are per phase; the outer one bounds the whole call.
+            async with asyncio.timeout(timeout_s):
+                return await self._http.post(
+                    self._url, content=content, headers=headers, timeout=timeout_s
+                )
+        except TimeoutError:
+            raise RetryableError(
+                op.name, "timed out", detail=f"no answer in {timeout_s:g}s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise self._scrubbed(transport_error(op.name, exc)) from None
+
+    def _result(self, op: Operation, response: httpx.Response, duration_ms: float) -> Result:
+        parsed = wire.parse_response(response.status_code, response.content)
+        log.debug(
+            "ductape.call",
+            operation=op.name,
+            http_status=response.status_code,
+            ok=isinstance(parsed, wire.ProxySuccess),
+            duration_ms=round(duration_ms, 1),
+        )
+        if isinstance(parsed, wire.ProxyFailure):
+            after = parse_retry_after(response.headers.get("retry-after"), self._clock())
+            raise self._scrubbed(failure_error(op.name, parsed, after))
+        return Result(
+            parsed.data,
+            parsed.request_id,
+            parsed.execution_time_ms,
+            response.status_code,
+            duration_ms,
+        )
+
+    def _scrubbed(self, error: DuctapeError) -> DuctapeError:
+        # Defence in depth: a gateway could echo the token back in its error text.
+        token = self._credentials.access_token.get_secret_value()
+        if token and error.detail and token in error.detail:
+            error.detail = error.detail.replace(token, "***")
+            error.args = (error._text(),)
+        return error
