@@ -42,6 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of a job file")
     schema.set_defaults(handler=cmd_schema)
 
+    run = sub.add_parser("run", help="run the daemon: watch the jobs folder and run jobs")
+    _common(run)
+    run.add_argument(
+        "--dry-run", action="store_true", default=None, help="log operations, call nothing"
+    )
+    run.add_argument(
+        "--emulator", action="store_true", help="run against the built-in Ductape emulator"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    demo = sub.add_parser("demo", help="run jobs.d against the built-in emulator (quick start)")
+    _common(demo)
+    demo.set_defaults(handler=cmd_demo)
+
+    emu = sub.add_parser("emulator", help="serve the Ductape emulator (SDK proxy) for tests")
+    _emulator_args(emu)
+    emu.set_defaults(handler=cmd_emulator)
+
     nxt = sub.add_parser("next", help="show a job's next fire times, as the daemon computes them")
     _common(nxt)
     nxt.add_argument("job", help="job name (in the jobs folder) or a job file")
@@ -89,6 +107,48 @@ def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
 
     sys.stdout.write(render())
     return 0
+
+
+def _emulator_args(parser: argparse.ArgumentParser) -> None:
+    from runner import emulator as emu
+
+    parser.add_argument("--host", default=emu.DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=emu.DEFAULT_PORT)
+    parser.add_argument("--workspace-id", default=emu.DEMO_WORKSPACE_ID)
+    parser.add_argument("--user-id", default=emu.DEMO_USER_ID)
+    parser.add_argument("--public-key", default=emu.DEMO_PUBLIC_KEY)
+    parser.add_argument("--access-token", default=emu.DEMO_ACCESS_TOKEN)
+
+
+def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
+    from runner import emulator as emu
+
+    emu.run_emulator(
+        args.host, args.port, args.workspace_id, args.user_id, args.public_key, args.access_token
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from runner.daemon import Daemon
+    from runner.logs import configure
+    from runner.secrets import SecretRegistry
+
+    if args.dry_run:
+        settings = settings.model_copy(update={"dry_run": True})
+    registry = SecretRegistry()
+    configure(registry, json=settings.log_json, level=settings.log_level)
+    daemon = Daemon(settings, dict(os.environ), registry=registry, emulator=args.emulator)
+    return asyncio.run(daemon.run())
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    args.emulator, args.dry_run = True, False
+    if args.state is None and "DUCTAPE_RUNNER_STATE" not in os.environ:
+        settings = settings.model_copy(update={"state": ".demo-state.sqlite3"})
+    return cmd_run(args, settings)
 
 
 def cmd_next(args: argparse.Namespace, settings: Settings) -> int:

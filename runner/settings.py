@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,16 @@ class Settings(BaseSettings):
     history_retention_days: int = Field(default=30, ge=1)
     max_concurrent_runs: int = Field(default=64, ge=1)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
-    control_socket: str | None = None
-    control_tcp: str | None = None
+    control_socket: str | None = None  # default: the runtime directory (see control_socket_path)
+    control_tcp: str | None = None  # e.g. "127.0.0.1:9464"; off by default
     credentials_directory: str | None = None
     dry_run: bool = False
+    quiet_period_s: float = Field(default=0.25, ge=0, le=5)
+    resync_interval_s: float = Field(default=60.0, ge=1)
+    poll: bool = False  # rescan by polling (NFS and similar mounts)
+    empty_folder_confirm_s: float = Field(default=300.0, ge=0)
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    log_json: bool | None = None  # default: JSON when stderr is not a terminal
 
 
 def load_settings(
@@ -74,3 +81,14 @@ def load_settings(
 
     clean = {k: v for k, v in overrides.items() if v is not None}
     return _Sourced(**clean)
+
+
+def control_socket_path(settings: Settings, environ: dict[str, str]) -> str:
+    """The control socket: configured, else systemd's RuntimeDirectory, XDG, or /tmp."""
+    if settings.control_socket:
+        return settings.control_socket
+    if environ.get("RUNTIME_DIRECTORY"):
+        return str(Path(environ["RUNTIME_DIRECTORY"].split(":")[0]) / "control.sock")
+    if environ.get("XDG_RUNTIME_DIR"):
+        return str(Path(environ["XDG_RUNTIME_DIR"]) / "ductape-runner.sock")
+    return f"/tmp/ductape-runner-{os.getuid()}.sock"

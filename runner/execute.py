@@ -1,0 +1,192 @@
+"""Running one occurrence against Ductape: attempts, retries, secrets, dry runs, summaries."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from runner.clock import Clock
+from runner.ductape.client import DuctapeClient, DuctapeError, RetryableError
+from runner.ductape.operations import Operation, OperationError, build_operation
+from runner.errors import SecretError
+from runner.model import Job
+from runner.retry import plan_retry
+from runner.scheduler import RunControl, from_ms, to_ms
+from runner.secrets import SecretRegistry, redact, resolve
+from runner.store import Occurrence, Store
+
+log = structlog.get_logger("runner.run")
+
+
+@dataclass
+class RunHooks:
+    """Callbacks for metrics; the executor knows nothing about Prometheus."""
+
+    on_attempt: Callable[[Job, float], None] = lambda job, seconds: None
+    on_finished: Callable[[Job, Occurrence], None] = lambda job, occ: None
+    on_started: Callable[[Job, Occurrence, float], None] = lambda job, occ, late_s: None
+
+
+@dataclass
+class DuctapeExecutor:
+    """The scheduler's Executor: every attempt of one occurrence, with the job's retry policy."""
+
+    client: DuctapeClient | None
+    store: Store
+    clock: Clock
+    default_product: str | None = None
+    default_env: str | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
+    credentials_dir: str | None = None
+    registry: SecretRegistry = field(default_factory=SecretRegistry)
+    dry_run: bool = False
+    rand: Callable[[], float] = random.random
+    hooks: RunHooks = field(default_factory=RunHooks)
+
+    async def __call__(
+        self, job: Job, occ: Occurrence, deadline: datetime | None, control: RunControl
+    ) -> None:
+        late_s = (self.clock.now() - from_ms(occ.scheduled_ms)).total_seconds()
+        self.hooks.on_started(job, occ, late_s)
+        try:
+            op = build_operation(
+                job,
+                idempotency_key=occ.idempotency_key,
+                default_product=self.default_product,
+                default_env=self.default_env,
+            )
+        except OperationError as exc:
+            self._fail(occ, str(exc))
+        else:
+            if self.dry_run:
+                self._dry_run(job, occ, op)
+            else:
+                await self._attempts(job, occ, op, deadline, control)
+        if occ.state not in ("planned", "running"):
+            self._summary(job, occ)
+
+    async def _attempts(
+        self,
+        job: Job,
+        occ: Occurrence,
+        op: Operation,
+        deadline: datetime | None,
+        control: RunControl,
+    ) -> None:
+        while True:
+            if not await self._wait_for_turn(occ, control):
+                return
+            try:
+                params = resolve(
+                    op.params,
+                    environ=self.environ,
+                    credentials_dir=self.credentials_dir,
+                    registry=self.registry,
+                )
+            except SecretError as exc:
+                self._fail(occ, str(exc))
+                return
+            error = await self._attempt(job, occ, Operation(op.module, op.method, params))
+            if error is None:
+                return
+            if not self._plan_retry(job, occ, error, deadline):
+                return
+
+    async def _wait_for_turn(self, occ: Occurrence, control: RunControl) -> bool:
+        """Sleep until a pending retry is due; False if the scheduler stopped the retries."""
+        if occ.next_attempt_ms is not None:
+            wait_s = (occ.next_attempt_ms - to_ms(self.clock.now())) / 1000
+            if wait_s > 0:
+                await self.clock.sleep(wait_s, control.stop)
+        # Stopped: on shutdown it stays planned with next_attempt_ms; when removed, cancelled.
+        return not (control.stop.is_set() and occ.attempts > 0)
+
+    async def _attempt(self, job: Job, occ: Occurrence, op: Operation) -> DuctapeError | None:
+        assert self.client is not None
+        occ.attempts += 1
+        occ.state, occ.next_attempt_ms = "running", None
+        self.store.update_occurrence(occ)
+        started = self.clock.monotonic()
+        try:
+            await self.client.execute(
+                op, idempotency_key=occ.idempotency_key, timeout_s=job.timeout / 1000
+            )
+        except DuctapeError as exc:
+            self.hooks.on_attempt(job, self.clock.monotonic() - started)
+            return exc
+        self.hooks.on_attempt(job, self.clock.monotonic() - started)
+        occ.state, occ.last_error = "succeeded", None
+        return None
+
+    def _plan_retry(
+        self, job: Job, occ: Occurrence, error: DuctapeError, deadline: datetime | None
+    ) -> bool:
+        retryable = isinstance(error, RetryableError)
+        decision = plan_retry(
+            job.retry,
+            attempt=occ.attempts,
+            retries=job.retries,
+            now=self.clock.now(),
+            rand=self.rand,
+            retryable=retryable,
+            retry_after_s=error.retry_after_s if isinstance(error, RetryableError) else None,
+            deadline=deadline,
+        )
+        message = self._clean(str(error))
+        log.warning(
+            "run.attempt_failed",
+            job=job.name,
+            scheduled_at=from_ms(occ.scheduled_ms).isoformat(),
+            attempt=occ.attempts,
+            error=message,
+            retryable=retryable,
+            decision=decision.reason,
+        )
+        if not decision.retry:
+            self._fail(occ, f"{message} [{decision.reason}]")
+            return False
+        occ.state, occ.last_error = "planned", message
+        occ.next_attempt_ms = to_ms(self.clock.now()) + round(decision.delay_s * 1000)
+        self.store.update_occurrence(occ)  # a pending retry survives a restart
+        return True
+
+    def _fail(self, occ: Occurrence, message: str) -> None:
+        occ.state, occ.last_error, occ.next_attempt_ms = "failed", self._clean(message), None
+
+    def _dry_run(self, job: Job, occ: Occurrence, op: Operation) -> None:
+        occ.state, occ.reason = "dry_run", "dry run: nothing was called"
+        log.info(
+            "run.dry_run",
+            job=job.name,
+            scheduled_at=from_ms(occ.scheduled_ms).isoformat(),
+            module=op.module,
+            method=op.method,
+            params=op.params,  # unresolved: references, never values; redacted by key too
+            idempotency_key=occ.idempotency_key,
+        )
+
+    def _clean(self, text: str) -> str:
+        cleaned: str = redact(text, self.registry.values())
+        return cleaned
+
+    def _summary(self, job: Job, occ: Occurrence) -> None:
+        """One event per run, whatever happened (structlog best practice)."""
+        now_ms = to_ms(self.clock.now())
+        self.hooks.on_finished(job, occ)
+        log.info(
+            "run.finished",
+            job=job.name,
+            kind=job.canonical_kind,
+            scheduled_at=from_ms(occ.scheduled_ms).isoformat(),
+            trigger=occ.trigger,
+            outcome=occ.state,
+            attempts=occ.attempts,
+            duration_ms=None if occ.started_ms is None else now_ms - occ.started_ms,
+            lateness_ms=None if occ.started_ms is None else occ.started_ms - occ.scheduled_ms,
+            error=occ.last_error,
+            idempotency_key=occ.idempotency_key,
+        )
