@@ -9,8 +9,19 @@ from datetime import datetime, timedelta
 from runner.model import Catchup
 
 CATCHUP_ALL_CAP = 100
-# An occurrence this late counts as missed (downtime, stall, forward clock jump).
+# How late an occurrence may start and still count as on time; later ones count as
+# missed (downtime, a stall, a forward clock step) and follow the catchup policy.
+# Half the job's period, clamped to [1 s, 10 s]: a burst of 10,000 due at once is
+# on time, while an every-2s job does not fire a backlog after a 5 s stall.
 LATE_GRACE = timedelta(seconds=10)
+MIN_GRACE = timedelta(seconds=1)
+
+
+def lateness_grace(gap: timedelta | None) -> timedelta:
+    """Tolerated lateness for an occurrence whose next one comes `gap` later."""
+    if gap is None:
+        return LATE_GRACE
+    return min(LATE_GRACE, max(gap / 2, MIN_GRACE))
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ from runner.firetimes import Recurrence, next_fire
 from runner.loader import LoadedJob
 from runner.model import Job
 from runner.policy import (
-    LATE_GRACE,
+    MIN_GRACE,
     CatchupDecision,
     decide_catchup,
     idempotency_key,
     jitter_delay_ms,
+    lateness_grace,
 )
 from runner.store import OPEN_STATES, RAN_STATES, JobRecord, JobStatus, Occurrence, Store
 
@@ -295,7 +296,7 @@ class Scheduler:
 
     def _catch_up(self, entry: Entry, after: datetime, now: datetime) -> datetime:
         """Apply the catch-up policy to instants in (after, now - grace]; return the new `after`."""
-        missed, total = self._missed(entry, after, now - LATE_GRACE)
+        missed, total = self._missed(entry, after, now - MIN_GRACE)
         if not missed:
             return after
         decision = decide_catchup(missed, entry.job.catchup, now)
@@ -384,14 +385,20 @@ class Scheduler:
         return fired
 
     def _due(self, entry: Entry, scheduled_ms: int, now: datetime) -> None:
-        scheduled = from_ms(scheduled_ms)
-        if now - scheduled > LATE_GRACE + timedelta(milliseconds=entry.job.jitter):
+        if self._late(entry, from_ms(scheduled_ms), now):
             # Late: downtime, a stalled loop or a forward clock step. Catch up by policy.
             entry.record.last_scheduled_ms = scheduled_ms - 1
             self._reschedule(entry, now, catch_up=True)
             return
         self._start(entry, scheduled_ms, "schedule")
         self._reschedule(entry, now, catch_up=False)
+
+    def _late(self, entry: Entry, scheduled: datetime, now: datetime) -> bool:
+        lateness = now - scheduled - timedelta(milliseconds=entry.job.jitter)
+        if lateness <= MIN_GRACE:
+            return False
+        following = next_fire(entry.rec, scheduled, entry.record.execution_count)
+        return lateness > lateness_grace(None if following is None else following - scheduled)
 
     def _skip(
         self, entry: Entry, scheduled_ms: int, reason: str, trigger: str = "schedule"
