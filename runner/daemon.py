@@ -80,7 +80,8 @@ class Daemon:
             max_concurrent=self.settings.max_concurrent_runs,
         )
         try:
-            self.scheduler.start(self._load())
+            with self.store.batch():
+                self.scheduler.start(self._load())
             self.loaded = True
             log.info("daemon.started", jobs=len(self.scheduler.entries), state=self.settings.state)
             loop_task = asyncio.create_task(self.scheduler.run(), name="scheduler")
@@ -174,12 +175,16 @@ class Daemon:
         """Rescan the folder and apply the difference to the schedule."""
         jobs = self._load()
         counts = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0}
+        with self.store.batch():
+            self._apply(jobs, counts)
+        log.info("reload.finished", invalid_files=len(self.invalid), **counts)
+        return counts
+
+    def _apply(self, jobs: dict[str, LoadedJob], counts: dict[str, int]) -> None:
         for loaded in jobs.values():
             counts[self.scheduler.upsert(loaded)] += 1
         for name in [n for n in self.scheduler.entries if n not in jobs]:
             counts["removed"] += self.scheduler.remove(name)
-        log.info("reload.finished", invalid_files=len(self.invalid), **counts)
-        return counts
 
     # ---- stop -------------------------------------------------------------------------
 

@@ -162,22 +162,23 @@ class Scheduler:
             entry.loaded = loaded  # same definition, maybe a renamed file
             entry.record.path = loaded.path
             return "unchanged"
-        record = self.records.get(name) or self._new_record(loaded, now)
+        sched_hash = schedule_hash(loaded.job)
+        record = self.records.get(name) or self._new_record(loaded, now, sched_hash)
         outcome = "added" if entry is None else "updated"
         if record.removed_ms is not None:
             record.removed_ms = None
-        new_schedule = record.schedule_hash != schedule_hash(loaded.job)
+        new_schedule = record.schedule_hash != sched_hash
         if new_schedule or (
             loaded.job.schedule.recurring is False and self._definition_changed(record, loaded)
         ):
-            self._restart_schedule(record, loaded, now)
+            self._restart_schedule(record, loaded, now, sched_hash)
         record.definition_hash = loaded.digest
         record.path = loaded.path
         self.records[name] = record
         entry = self._replace_entry(entry, loaded, record)
         self._reschedule(entry, now, catch_up=not new_schedule)
         self.store.save_job(record)
-        log.info("job.upserted", job=name, outcome=outcome, next_run_at=_iso(entry.due))
+        log.debug("job.upserted", job=name, outcome=outcome, next_run_at=_iso(entry.due))
         return outcome
 
     def remove(self, name: str) -> bool:
@@ -224,12 +225,12 @@ class Scheduler:
             raise KeyError(name)
         return entry
 
-    def _new_record(self, loaded: LoadedJob, now: datetime) -> JobRecord:
+    def _new_record(self, loaded: LoadedJob, now: datetime, sched_hash: str) -> JobRecord:
         now_ms = to_ms(now)
         return JobRecord(
             name=loaded.job.name,
             definition_hash=loaded.digest,
-            schedule_hash=schedule_hash(loaded.job),
+            schedule_hash=sched_hash,
             first_seen_ms=now_ms,
             anchor_ms=now_ms,
             path=loaded.path,
@@ -238,10 +239,12 @@ class Scheduler:
     def _definition_changed(self, record: JobRecord, loaded: LoadedJob) -> bool:
         return record.definition_hash != loaded.digest
 
-    def _restart_schedule(self, record: JobRecord, loaded: LoadedJob, now: datetime) -> None:
+    def _restart_schedule(
+        self, record: JobRecord, loaded: LoadedJob, now: datetime, sched_hash: str
+    ) -> None:
         # A changed schedule counts from now and keeps the execution count and the
         # `every` phase (first sighting); a changed one-shot is a new one-shot.
-        record.schedule_hash = schedule_hash(loaded.job)
+        record.schedule_hash = sched_hash
         if loaded.job.schedule.recurring:
             record.last_scheduled_ms = to_ms(now) - 1
         else:
@@ -274,7 +277,10 @@ class Scheduler:
             return
         after = self._after(entry)
         if catch_up:
-            after = self._catch_up(entry, after, now)
+            after, upcoming = self._catch_up(entry, after, now)
+            if upcoming is not None and self._reserved(entry) == entry.record.execution_count:
+                self._set_due(entry, upcoming)  # already computed by the missed-scan
+                return
         else:
             after = max(after, now - timedelta(milliseconds=1))
         self._set_due(entry, next_fire(entry.rec, after, self._reserved(entry)))
@@ -294,11 +300,16 @@ class Scheduler:
         # Survives restarts and edits that do not touch the definition.
         return entry.one_shot and entry.record.succeeded_hash == entry.record.definition_hash
 
-    def _catch_up(self, entry: Entry, after: datetime, now: datetime) -> datetime:
-        """Apply the catch-up policy to instants in (after, now - grace]; return the new `after`."""
-        missed, total = self._missed(entry, after, now - MIN_GRACE)
+    def _catch_up(
+        self, entry: Entry, after: datetime, now: datetime
+    ) -> tuple[datetime, datetime | None]:
+        """Apply the catch-up policy to instants in (after, now - grace].
+
+        Returns the new `after` and, when nothing was missed, the next fire time.
+        """
+        missed, total, beyond = self._missed(entry, after, now - MIN_GRACE)
         if not missed:
-            return after
+            return after, beyond
         decision = decide_catchup(missed, entry.job.catchup, now)
         upcoming = next_fire(entry.rec, missed[-1], entry.record.execution_count)
         if entry.job.catchup.policy == "latest" and upcoming is not None and upcoming <= now:
@@ -321,20 +332,21 @@ class Scheduler:
         for moment in over:
             self._skip(entry, to_ms(moment), "missed: limit reached")
         self._start_chain(entry, [to_ms(m) for m in run], "catchup")
-        return max(missed[-1], after)
+        return max(missed[-1], after), None
 
     def _missed(
         self, entry: Entry, after: datetime, horizon: datetime
-    ) -> tuple[list[datetime], int]:
+    ) -> tuple[list[datetime], int, datetime | None]:
+        """Fire times in (after, horizon] (the last few hundred), their count, and the next one."""
         kept: deque[datetime] = deque(maxlen=MAX_SKIPPED_ROWS + 100)
-        total, cursor = 0, after
+        total, cursor, moment = 0, after, None
         for _ in range(MAX_MISSED_SCAN):
             moment = next_fire(entry.rec, cursor, entry.record.execution_count)
             if moment is None or moment > horizon:
                 break
             kept.append(moment)
             total, cursor = total + 1, moment
-        return list(kept), total
+        return list(kept), total, moment
 
     def _set_due(self, entry: Entry, due: datetime | None) -> None:
         entry.due = due

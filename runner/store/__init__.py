@@ -5,6 +5,7 @@ Times are integer milliseconds since the epoch (UTC) everywhere in the store.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -63,6 +64,10 @@ class Store(Protocol):
     """A state backend. SQLite is the default; every method is one transaction."""
 
     def close(self) -> None: ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Group many writes into one transaction."""
+        ...
 
     def load_jobs(self) -> dict[str, JobRecord]: ...
 
