@@ -21,7 +21,7 @@ from runner.clock import Clock, SystemClock
 from runner.ductape.client import Credentials, DuctapeClient
 from runner.execute import DuctapeExecutor
 from runner.loader import Defaults, Limits, LoadedJob, load_folder
-from runner.scheduler import Scheduler
+from runner.scheduler import Scheduler, to_ms
 from runner.secrets import SecretRegistry
 from runner.settings import Settings
 from runner.store.sqlite import SqliteStore
@@ -85,7 +85,9 @@ class Daemon:
             self.loaded = True
             log.info("daemon.started", jobs=len(self.scheduler.entries), state=self.settings.state)
             loop_task = asyncio.create_task(self.scheduler.run(), name="scheduler")
+            prune_task = asyncio.create_task(self._prune_forever(), name="prune")
             await self._serve()
+            prune_task.cancel()
             return await self._stop(loop_task)
         finally:
             await self.client.aclose()
@@ -185,6 +187,15 @@ class Daemon:
             counts[self.scheduler.upsert(loaded)] += 1
         for name in [n for n in self.scheduler.entries if n not in jobs]:
             counts["removed"] += self.scheduler.remove(name)
+
+    async def _prune_forever(self) -> None:
+        """Forget finished occurrences past the retention horizon, hourly."""
+        keep_ms = self.settings.history_retention_days * 86_400_000
+        while True:
+            removed = self.store.prune(to_ms(self.clock.now()) - keep_ms)
+            if removed:
+                log.info("history.pruned", occurrences=removed)
+            await self.clock.sleep(3600)
 
     # ---- stop -------------------------------------------------------------------------
 

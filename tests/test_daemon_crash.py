@@ -15,7 +15,9 @@ def calls_for(emulator: RunningEmulator, job: str) -> list[str]:
     return [c["idempotency_key"] for c in emulator.calls() if f":{job}:" in c["idempotency_key"]]
 
 
-def test_sigkill_and_restart_keep_counts_one_shots_and_catchup(tmp_path: Path, emulator: RunningEmulator) -> None:
+def test_sigkill_and_restart_keep_counts_one_shots_and_catchup(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
     d = DaemonProcess(tmp_path, emulator)
     d.write_job("limited.yaml", BASE + "schedule: {every: 1s, limit: 6}\ncatchup: {policy: all}\n")
     d.write_job("once.yaml", BASE + "schedule: {start_at: 0}\n")
@@ -28,19 +30,35 @@ def test_sigkill_and_restart_keep_counts_one_shots_and_catchup(tmp_path: Path, e
     time.sleep(3.5)  # several occurrences of each job pass while the daemon is down
     d.start()
     try:
-        wait_for(lambda: d.query("SELECT execution_count FROM jobs WHERE name = 'limited'")[0][0] == 6)
-        wait_for(lambda: d.query("SELECT count(*) FROM occurrences WHERE job = 'skipper' AND state = 'skipped'")[0][0] >= 2)
+        wait_for(
+            lambda: d.query("SELECT execution_count FROM jobs WHERE name = 'limited'")[0][0] == 6
+        )
+        wait_for(
+            lambda: (
+                d.query(
+                    "SELECT count(*) FROM occurrences WHERE job = 'skipper' AND state = 'skipped'"
+                )[0][0]
+                >= 2
+            )
+        )
         time.sleep(1.5)  # give a wrong extra run the chance to happen
     finally:
         d.stop()
     limited = calls_for(emulator, "limited")
     assert len(limited) == len(set(limited)) == 6, limited  # exactly `limit`, no key twice
-    assert d.query("SELECT execution_count, status FROM jobs WHERE name = 'limited'") == [(6, "completed")]
+    assert d.query("SELECT execution_count, status FROM jobs WHERE name = 'limited'") == [
+        (6, "completed")
+    ]
     assert count_at_kill < 6
     assert len(calls_for(emulator, "once")) == 1  # the succeeded one-shot did not rerun
     assert d.query("SELECT status FROM jobs WHERE name = 'once'") == [("completed",)]
     # skip policy: instants that passed while down are recorded as skipped, never called.
-    skipped_ms = [r[0] for r in d.query("SELECT scheduled_ms FROM occurrences WHERE job = 'skipper' AND state = 'skipped'")]
+    skipped_ms = [
+        r[0]
+        for r in d.query(
+            "SELECT scheduled_ms FROM occurrences WHERE job = 'skipper' AND state = 'skipped'"
+        )
+    ]
     assert skipped_ms and all(ms / 1000 > killed_at - 1.5 for ms in skipped_ms)
     called = set(calls_for(emulator, "skipper"))
     assert not any(f"ductape-runner:skipper:{ms}" in called for ms in skipped_ms)
