@@ -211,11 +211,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--pool", type=int, help="max connections (default: --concurrency)")
+    parser.add_argument("--pool", type=int, default=16, help="max connections (runner default)")
     args = parser.parse_args()
     # As the daemon runs: per-call debug events filtered out, not printed.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    pool = args.pool or args.concurrency
+    pool = args.pool
     port = free_port()
     proc = start_emulator(port)
     creds = Credentials(

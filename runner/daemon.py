@@ -60,7 +60,7 @@ class Daemon:
         emulator = await self._start_emulator() if self.emulator else None
         self.store = SqliteStore(self.settings.state)
         self.client = DuctapeClient(
-            self._credentials(), max_connections=self.settings.max_concurrent_runs
+            self._credentials(), max_connections=self.settings.max_connections
         )
         self.executor = DuctapeExecutor(
             self.client,

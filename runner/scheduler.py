@@ -390,10 +390,14 @@ class Scheduler:
     def fire_due(self, now: datetime) -> int:
         """Start every occurrence whose fire time has come; returns how many were due."""
         now_ms, fired = to_ms(now), 0
-        while (deadline := self.next_deadline_ms()) is not None and deadline <= now_ms:
-            _, _, name, _, scheduled_ms = heapq.heappop(self.heap)
-            self._due(self.entries[name], scheduled_ms, now)
-            fired += 1
+        # One transaction for everything due now: committed before any run task starts
+        # (they only run once this loop yields), so each occurrence is still on disk
+        # before its call is made.
+        with self.store.batch():
+            while (deadline := self.next_deadline_ms()) is not None and deadline <= now_ms:
+                _, _, name, _, scheduled_ms = heapq.heappop(self.heap)
+                self._due(self.entries[name], scheduled_ms, now)
+                fired += 1
         return fired
 
     def _due(self, entry: Entry, scheduled_ms: int, now: datetime) -> None:
@@ -498,9 +502,9 @@ class Scheduler:
 
     async def _run_one(self, entry: Entry, occ: Occurrence, control: RunControl) -> None:
         now_ms = to_ms(self.clock.now())
-        occ.state, occ.started_ms = "running", occ.started_ms or now_ms
+        occ.started_ms = occ.started_ms or now_ms
         entry.record.status, entry.record.last_started_ms = "running", now_ms
-        self.store.update_occurrence(occ)
+        # The executor writes the occurrence as running when an attempt starts.
         try:
             await self.executor(entry.job, occ, entry.due, control)
         except asyncio.CancelledError:

@@ -33,6 +33,7 @@ class FakeExecutor:
     calls: list[Call] = field(default_factory=list)
     running: int = 0
     peak: int = 0
+    store: SqliteStore | None = None  # set by Harness: like the real one, it records attempts
 
     async def __call__(
         self, job: Job, occ: Occurrence, deadline: datetime | None, control: RunControl
@@ -43,6 +44,8 @@ class FakeExecutor:
             Call(job.name, from_ms(occ.scheduled_ms), occ.idempotency_key, self.clock.now())
         )
         occ.state, occ.attempts = "running", occ.attempts + 1
+        if self.store is not None:
+            self.store.update_occurrence(occ)
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
@@ -76,6 +79,7 @@ class Harness:
         self.clock = clock
         self.executor = executor
         self.store = SqliteStore(tmp_path / "state.sqlite3")
+        executor.store = self.store
         self.scheduler = Scheduler(self.store, executor, clock, max_sleep_s=86_400.0, **kw)  # type: ignore[arg-type]
         self.task: asyncio.Task[None] | None = None
 

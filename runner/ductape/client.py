@@ -231,8 +231,10 @@ class DuctapeClient:
     """Execute operations through the SDK proxy over one pooled httpx.AsyncClient.
 
     The pool is small by default: httpx's per-call CPU grows with the number of pooled
-    connections (encode/httpx#3215; see bench/dispatch.py), and callers beyond the limit
-    simply wait for a connection.
+    connections times the requests queued in the pool (encode/httpx#3215; see
+    bench/dispatch.py). Callers beyond the limit wait on a semaphore here, outside httpx,
+    so its queue never grows past the pool size; the attempt timeout starts once a
+    connection slot is ours.
     """
 
     def __init__(
@@ -251,6 +253,7 @@ class DuctapeClient:
             max_connections=max_connections, max_keepalive_connections=max_keepalive_connections
         )
         self._http = httpx.AsyncClient(limits=limits, transport=transport, trust_env=False)
+        self._gate = asyncio.Semaphore(max_connections)
 
     async def __aenter__(self) -> DuctapeClient:
         return self
@@ -286,9 +289,10 @@ class DuctapeClient:
             wire.ACCESS_TOKEN_HEADER: self._credentials.access_token.get_secret_value(),
             wire.IDEMPOTENCY_HEADER: idempotency_key,
         }
-        started = time.perf_counter()
-        response = await self._post(op, encoded.content, headers, timeout_s)
-        duration_ms = (time.perf_counter() - started) * 1000
+        async with self._gate:
+            started = time.perf_counter()
+            response = await self._post(op, encoded.content, headers, timeout_s)
+            duration_ms = (time.perf_counter() - started) * 1000
         return self._result(op, response, duration_ms)
 
     async def _post(

@@ -1,0 +1,498 @@
+"""The control API: health, metrics, job status and pause/resume/trigger over HTTP.
+
+Served by uvicorn on the daemon's own event loop, on a unix socket (mode 0660) and
+optionally on loopback TCP. Handlers are async and call the view directly, so the view
+runs on the loop, never in a thread: it must not block. Over TCP, clients that are not
+on loopback only get /healthz, /readyz and /metrics: the API has no authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import socket
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runner.errors import RunnerError
+from runner.metrics import CONTENT_TYPE, Metrics
+from runner.model import Job
+from runner.secrets import SecretRegistry, redact
+from runner.store import JobRecord, Occurrence
+
+log = structlog.get_logger("runner.control")
+
+SOCKET_MODE = 0o660
+DEFAULT_TCP_HOST = "127.0.0.1"
+HISTORY_DEFAULT, HISTORY_MAX = 50, 1000
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+START_TIMEOUT_S = 5.0
+
+
+class ControlSocketError(RunnerError):
+    """The control API cannot listen where it was told to."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"control socket {address}: {reason}")
+
+
+class ControlView(Protocol):
+    """What the control API asks of the daemon; called on the event loop, never blocking.
+
+    Lookups of an unknown job raise KeyError; an action that the job's state forbids
+    (triggering a suspended job, say) raises ValueError with a message for the operator.
+    """
+
+    def healthy(self) -> tuple[bool, str]:
+        """Liveness: the scheduler loop's heartbeat is fresh."""
+        ...
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: state is loaded and the jobs folder was reconciled once."""
+        ...
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job as `job_dict` builds it, sorted by name."""
+        ...
+
+    def job(self, name: str) -> dict[str, Any] | None: ...
+
+    def history(self, name: str, limit: int) -> list[dict[str, Any]] | None:
+        """The job's newest occurrences (`occurrence_dict`), newest first; None if unknown."""
+        ...
+
+    def trigger(self, name: str) -> dict[str, Any]:
+        """Start a run now; returns its `occurrence_dict`."""
+        ...
+
+    def pause(self, name: str) -> dict[str, Any]:
+        """Returns the job's `job_dict` after pausing."""
+        ...
+
+    def resume(self, name: str) -> dict[str, Any]: ...
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, invalid files and the next run: see `summary_dict`."""
+        ...
+
+
+# ---- the JSON shapes ------------------------------------------------------------------
+
+
+def iso(moment: datetime | int | None) -> str | None:
+    """ISO 8601 in UTC with a 'Z', from an aware datetime or epoch milliseconds."""
+    if moment is None:
+        return None
+    if isinstance(moment, int):
+        moment = datetime.fromtimestamp(moment / 1000, UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_dict(record: JobRecord, job: Job | None, next_fire: datetime | None) -> dict[str, Any]:
+    """Ductape's dispatch result and job record fields, plus the runner's own.
+
+    `scheduled_at` is the schedule's start: `start_at`, or when the runner first saw the
+    schedule. `job` is None for a job whose file is gone but whose record remains.
+    """
+    schedule = job.schedule if job is not None else None
+    start = schedule.start_at if schedule is not None else None
+    return {
+        "job_id": record.name,
+        "status": record.status,
+        "scheduled_at": iso(start if start is not None else record.anchor_ms),
+        "recurring": schedule.recurring if schedule is not None else None,
+        "next_run_at": iso(next_fire if next_fire is not None else record.next_fire_ms),
+        "execution_count": record.execution_count,
+        "limit": schedule.limit if schedule is not None else None,
+        "end_date": iso(schedule.end_date) if schedule is not None else None,
+        "retries": job.retries if job is not None else None,
+        "retry_count": record.retry_count,
+        "last_error": record.last_error,
+        "kind": job.canonical_kind if job is not None else None,
+        "path": record.path,
+        "paused": record.paused,
+        "suspended": job.suspend if job is not None else False,
+        "last_outcome": record.last_outcome,
+        "last_started_at": iso(record.last_started_ms),
+        "last_finished_at": iso(record.last_finished_ms),
+    }
+
+
+def occurrence_dict(occ: Occurrence) -> dict[str, Any]:
+    """One occurrence: a scheduled, caught-up or manual run and what became of it."""
+    return {
+        "job_id": occ.job,
+        "scheduled_at": iso(occ.scheduled_ms),
+        "state": occ.state,
+        "trigger": occ.trigger,
+        "reason": occ.reason,
+        "attempts": occ.attempts,
+        "last_error": occ.last_error,
+        "idempotency_key": occ.idempotency_key,
+        "created_at": iso(occ.created_ms),
+        "started_at": iso(occ.started_ms),
+        "finished_at": iso(occ.finished_ms),
+        "duration_ms": occ.duration_ms,
+        "next_attempt_at": iso(occ.next_attempt_ms),
+    }
+
+
+def summary_dict(
+    jobs: Iterable[Mapping[str, Any]], invalid_files: Mapping[str, str]
+) -> dict[str, Any]:
+    """Counts by status, invalid files with their errors, and the earliest next run."""
+    by_status: dict[str, int] = {}
+    total, soonest = 0, None
+    for job in jobs:
+        total += 1
+        by_status[job["status"]] = by_status.get(job["status"], 0) + 1
+        at = job.get("next_run_at")
+        if at is not None and (soonest is None or _parse(at) < _parse(soonest["at"])):
+            soonest = {"job_id": job["job_id"], "at": at}
+    return {
+        "jobs": total,
+        "by_status": dict(sorted(by_status.items())),
+        "invalid_files": [{"path": p, "error": e} for p, e in sorted(invalid_files.items())],
+        "next_run": soonest,
+    }
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+# ---- the app --------------------------------------------------------------------------
+
+
+def build_control_app(
+    view: ControlView, metrics: Metrics, *, secrets: SecretRegistry | None = None
+) -> Starlette:
+    """The ASGI app; `secrets` adds a last redaction pass over every JSON body."""
+    api = _Api(view, metrics, secrets)
+    routes = [
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics_text, methods=["GET"]),
+        Route("/status", api.status, methods=["GET"]),
+        Route("/jobs", api.jobs, methods=["GET"]),
+        Route("/jobs/{name}", api.job, methods=["GET"]),
+        Route("/jobs/{name}/history", api.history, methods=["GET"]),
+        Route("/jobs/{name}/trigger", api.action("trigger"), methods=["POST"]),
+        Route("/jobs/{name}/pause", api.action("pause"), methods=["POST"]),
+        Route("/jobs/{name}/resume", api.action("resume"), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: api.http_error})
+    app.add_middleware(_LoopbackOnly)
+    return app
+
+
+class _Api:
+    def __init__(self, view: ControlView, metrics: Metrics, secrets: SecretRegistry | None) -> None:
+        self.view, self.metrics, self.secrets = view, metrics, secrets
+
+    def reply(self, payload: Any, status: int = 200) -> JSONResponse:
+        if self.secrets is not None:
+            payload = redact(payload, self.secrets.values())
+        return JSONResponse(payload, status_code=status)
+
+    def error(self, status: int, error: str, detail: str) -> JSONResponse:
+        return self.reply({"error": error, "detail": detail}, status)
+
+    def call(self, name: str | None, fn: Callable[[], Any]) -> JSONResponse:
+        """Run a view method about job `name`: KeyError is 404, ValueError 409, others 500."""
+        try:
+            result = fn()
+        except (KeyError, ValueError) as exc:
+            if name is None:
+                return self._failed(name, exc)
+            if isinstance(exc, KeyError):
+                return self.error(404, "not_found", f"no job named {name!r}")
+            return self.error(409, "conflict", str(exc))
+        except Exception as exc:
+            return self._failed(name, exc)
+        if result is None and name is not None:
+            return self.error(404, "not_found", f"no job named {name!r}")
+        return self.reply(result)
+
+    def _failed(self, name: str | None, exc: Exception) -> JSONResponse:
+        # The daemon keeps serving; the operator sees a 500 and the log has the traceback.
+        log.exception("control.failed", job=name, error=type(exc).__name__)
+        return self.error(500, "internal", f"{type(exc).__name__} (see the daemon's log)")
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        response = self.error(
+            exc.status_code, _ERROR_NAMES.get(exc.status_code, "error"), exc.detail
+        )
+        response.headers.update(exc.headers or {})
+        return response
+
+    async def healthz(self, request: Request) -> Response:
+        return self._probe(self.view.healthy)
+
+    async def readyz(self, request: Request) -> Response:
+        return self._probe(self.view.ready)
+
+    def _probe(self, check: Callable[[], tuple[bool, str]]) -> Response:
+        try:
+            ok, detail = check()
+        except Exception as exc:
+            log.exception("control.failed", probe=check.__name__, error=type(exc).__name__)
+            ok, detail = False, f"check failed: {type(exc).__name__}"
+        return self.reply({"ok": ok, "detail": detail}, 200 if ok else 503)
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def status(self, request: Request) -> Response:
+        return self.call(None, self.view.summary)
+
+    async def jobs(self, request: Request) -> Response:
+        return self.call(None, self.view.jobs)
+
+    async def job(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        return self.call(name, lambda: self.view.job(name))
+
+    async def history(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        raw = request.query_params.get("limit", str(HISTORY_DEFAULT))
+        if not raw.isdigit() or not 1 <= int(raw) <= HISTORY_MAX:
+            detail = f"limit must be an integer from 1 to {HISTORY_MAX}, got {raw!r}"
+            return self.error(400, "bad_request", detail)
+        return self.call(name, lambda: self.view.history(name, int(raw)))
+
+    def action(self, verb: str) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            name = request.path_params["name"]
+            response = self.call(name, lambda: getattr(self.view, verb)(name))
+            log.info(f"control.{verb}", job=name, status=response.status_code)
+            return response
+
+        return endpoint
+
+
+_ERROR_NAMES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+
+
+class _LoopbackOnly:
+    """Remote TCP clients get the probes and metrics only: the API has no authentication."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and not _trusted(scope):
+            detail = "only /healthz, /readyz and /metrics are served to remote clients"
+            body = JSONResponse({"error": "forbidden", "detail": detail}, status_code=403)
+            await body(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _trusted(scope: Scope) -> bool:
+    server, client = scope.get("server"), scope.get("client")
+    if server is None or server[1] is None or client is None:
+        return True  # a unix socket: its file mode decides who may connect
+    return _is_loopback(str(client[0]))
+
+
+# ---- serving ----------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the daemon owns SIGTERM, SIGINT and SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+@dataclass
+class ControlServer:
+    """A running control API; `close()` stops it and removes its socket file."""
+
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    unix_socket: str | None = None
+    tcp_address: tuple[str, int] | None = None
+    _inode: int | None = field(default=None, repr=False)
+
+    def where(self) -> str:
+        return " and ".join(filter(None, [self.unix_socket, _endpoint(self.tcp_address)]))
+
+    async def close(self) -> None:
+        self.server.should_exit = True
+        try:
+            await self.task
+        finally:
+            self._unlink_socket()
+        log.info("control.stopped")
+
+    def _unlink_socket(self) -> None:
+        if self.unix_socket is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if os.lstat(self.unix_socket).st_ino == self._inode:  # still ours
+                Path(self.unix_socket).unlink()
+
+
+async def serve_control(
+    app: ASGIApp,
+    *,
+    unix_socket: str | None,
+    tcp: str | None,
+) -> ControlServer:
+    """Listen on the unix socket and/or TCP ('127.0.0.1:9464', '[::1]:9464' or '9464').
+
+    The unix socket is bound, made mode 0660 and only then listens, so no one connects
+    through looser permissions; its group is the daemon's (Group= in the unit). A stale
+    socket file is replaced; a live one is an error. Returns once connections are served.
+    """
+    if unix_socket is None and tcp is None:
+        raise ValueError("serve_control needs a unix socket, a TCP address, or both")
+    sockets: list[socket.socket] = []
+    try:
+        inode = None
+        if unix_socket is not None:
+            sock, inode = _bind_unix(unix_socket)
+            sockets.append(sock)
+        if tcp is not None:
+            sockets.append(_bind_tcp(tcp))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    server = _Server(
+        uvicorn.Config(
+            app,
+            lifespan="off",
+            http="h11",
+            ws="none",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=2,
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=sockets), name="control-api")
+    handle = ControlServer(server, task, unix_socket, _tcp_address(sockets, tcp), inode)
+    await _started(handle)
+    log.info("control.listening", unix_socket=unix_socket, tcp=_endpoint(handle.tcp_address))
+    return handle
+
+
+async def _started(handle: ControlServer) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    while not handle.server.started:
+        if handle.task.done():
+            handle._unlink_socket()
+            handle.task.result()  # raises what stopped it
+            raise ControlSocketError(handle.where(), "server exited at startup")
+        if loop.time() > deadline:
+            await handle.close()
+            raise ControlSocketError(handle.where(), "server did not start")
+        await asyncio.sleep(0.005)
+
+
+def _bind_unix(path: str) -> tuple[socket.socket, int]:
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        # Not listening yet: nobody can connect while the mode is still the umask's.
+        Path(path).chmod(SOCKET_MODE)
+        return sock, os.lstat(path).st_ino
+    except OSError as exc:
+        sock.close()
+        raise ControlSocketError(path, exc.strerror or str(exc)) from None
+
+
+def _remove_stale(path: str) -> None:
+    """Remove a socket file nobody listens on; refuse to touch a live one or a non-socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ControlSocketError(path, "exists and is not a socket; not removing it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            Path(path).unlink(missing_ok=True)
+            log.info("control.stale_socket_removed", unix_socket=path)
+            return
+    raise ControlSocketError(path, "another process is listening on it (is the daemon running?)")
+
+
+def parse_tcp(address: str) -> tuple[str, int]:
+    """'127.0.0.1:9464', '[::1]:9464', 'localhost:9464' or a bare port on 127.0.0.1."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        host, port = DEFAULT_TCP_HOST, address
+    host = host.removeprefix("[").removesuffix("]") or DEFAULT_TCP_HOST
+    if not port.isdigit() or int(port) > 65535:
+        raise ControlSocketError(address, "expected HOST:PORT with a port from 0 to 65535")
+    return host, int(port)
+
+
+def _bind_tcp(address: str) -> socket.socket:
+    host, port = parse_tcp(address)
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ControlSocketError(address, exc.strerror or str(exc)) from None
+    family, kind, proto, _, sockaddr = info[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise ControlSocketError(address, exc.strerror or str(exc)) from None
+    if not _is_loopback(str(sockaddr[0])):
+        log.warning("control.exposed", tcp=address, served=sorted(PUBLIC_PATHS))
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1
+    return address.is_loopback
+
+
+def _tcp_address(sockets: list[socket.socket], tcp: str | None) -> tuple[str, int] | None:
+    if tcp is None:
+        return None
+    host, port = sockets[-1].getsockname()[:2]
+    return str(host), int(port)
+
+
+def _endpoint(address: tuple[str, int] | None) -> str | None:
+    if address is None:
+        return None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

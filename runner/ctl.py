@@ -1,0 +1,218 @@
+"""The CLI side of the control API: status, history, trigger, pause and resume.
+
+Talks HTTP over the daemon's unix socket (or a TCP URL), prints aligned tables on a
+terminal and JSON otherwise. Exit codes: 0 ok, 1 the daemon said no (unknown job,
+conflict, bad request, its own error), 2 the daemon cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import socket as _socket
+import sys
+import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import httpx
+
+DEFAULT_SOCKET = "/run/ductape-runner/control.sock"
+COMMANDS = ("status", "history", "trigger", "pause", "resume")
+EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
+TIMEOUT_S = 10.0
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+        super().__init__(message)
+
+
+def run_ctl(
+    command: str,
+    job: str | None,
+    *,
+    socket: str | None,
+    url: str | None,
+    as_json: bool | None,
+    out: TextIO,
+    err: TextIO | None = None,
+    limit: int = 20,
+) -> int:
+    """Run one control command against the daemon; returns the exit code.
+
+    `url` (http://127.0.0.1:9464) wins over `socket`; with neither, DEFAULT_SOCKET.
+    `as_json` None means: JSON unless `out` is a terminal.
+    """
+    err = err if err is not None else sys.stderr
+    if command not in COMMANDS:
+        raise ValueError(f"unknown control command {command!r}; expected one of {COMMANDS}")
+    if command != "status" and not job:
+        print(f"error: {command} needs a job name", file=err)
+        return EXIT_REFUSED
+    where = url or socket or DEFAULT_SOCKET
+    json_out = as_json if as_json is not None else not out.isatty()
+    try:
+        if not url:
+            _probe(socket or DEFAULT_SOCKET)
+        with _client(socket, url) as client:
+            payload = _request(client, command, job, limit)
+    except _Refused as exc:
+        print(f"error: {exc.message}", file=err)
+        return EXIT_REFUSED
+    except (httpx.TransportError, OSError) as exc:
+        print(f"error: cannot reach the daemon at {where}: {_reason(exc)}", file=err)
+        return EXIT_UNREACHABLE
+    if json_out:
+        print(json.dumps(payload, indent=2, sort_keys=False), file=out)
+    else:
+        print(_RENDER[command](payload), file=out)
+    return EXIT_OK
+
+
+def _probe(path: str) -> None:
+    """Connect once by hand: httpcore 1.0's sync unix connect leaks its socket on failure."""
+    with _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM) as probe:
+        probe.settimeout(TIMEOUT_S)
+        probe.connect(path)
+
+
+def _client(socket: str | None, url: str | None) -> httpx.Client:
+    if url:
+        return httpx.Client(base_url=url, timeout=TIMEOUT_S, trust_env=False)
+    transport = httpx.HTTPTransport(uds=socket or DEFAULT_SOCKET)
+    # The host is never resolved over a unix socket; it only fills the Host header.
+    return httpx.Client(
+        transport=transport, base_url="http://ductape-runner", timeout=TIMEOUT_S, trust_env=False
+    )
+
+
+def _request(client: httpx.Client, command: str, job: str | None, limit: int) -> Any:
+    if command == "status" and job is None:
+        return {"summary": _get(client, "GET", "/status"), "jobs": _get(client, "GET", "/jobs")}
+    path = f"/jobs/{_quote(job or '')}"
+    if command == "status":
+        return _get(client, "GET", path)
+    if command == "history":
+        return _get(client, "GET", f"{path}/history", params={"limit": limit})
+    return _get(client, "POST", f"{path}/{command}")
+
+
+def _get(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    response = client.request(method, path, **kwargs)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.is_success:
+        return body
+    detail = body.get("detail") if isinstance(body, dict) else None
+    raise _Refused(response.status_code, detail or f"HTTP {response.status_code}")
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _reason(exc: Exception) -> str:
+    cause: BaseException = exc
+    while cause.__context__ is not None and not str(cause):
+        cause = cause.__context__
+    return str(cause) or type(exc).__name__
+
+
+# ---- tables -----------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns two spaces apart; None prints as '-'."""
+    cells = [[_cell(v) for v in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = str(value)
+    if len(text) >= 20 and text[4:5] == "-" and text[10:11] == "T":  # an ISO instant
+        return text[:19].replace("T", " ") + "Z"
+    return " ".join(text.split())
+
+
+def _render_status(payload: Any) -> str:
+    if "summary" not in payload:
+        return _render_job(payload)
+    summary, jobs = payload["summary"], payload["jobs"]
+    counts = ", ".join(f"{n} {status}" for status, n in summary["by_status"].items())
+    lines = [f"jobs: {summary['jobs']}" + (f" ({counts})" if counts else "")]
+    nxt = summary.get("next_run")
+    lines.append(f"next run: {nxt['job_id']} at {_cell(nxt['at'])}" if nxt else "next run: -")
+    invalid = summary["invalid_files"]
+    lines.append(f"invalid files: {len(invalid)}")
+    lines += [f"  {_located(item['path'], _cell(item['error']))}" for item in invalid]
+    headers = ("JOB", "KIND", "STATUS", "NEXT RUN", "LAST OUTCOME", "LAST FINISHED", "RUNS")
+    rows = [
+        (
+            j["job_id"],
+            j["kind"],
+            j["status"],
+            j["next_run_at"],
+            j["last_outcome"],
+            j["last_finished_at"],
+            j["execution_count"],
+        )
+        for j in jobs
+    ]
+    return "\n".join(lines) + ("\n\n" + table(headers, rows) if rows else "")
+
+
+def _located(path: str, error: str) -> str:
+    return error if error.startswith(path) else f"{path}: {error}"
+
+
+def _render_job(job: dict[str, Any]) -> str:
+    return table(("FIELD", "VALUE"), list(job.items()))
+
+
+def _render_history(occurrences: list[dict[str, Any]]) -> str:
+    if not occurrences:
+        return "no runs yet"
+    headers = ("SCHEDULED", "TRIGGER", "STATE", "ATTEMPTS", "DURATION", "DETAIL")
+    rows = [
+        (
+            o["scheduled_at"],
+            o["trigger"],
+            o["state"],
+            o["attempts"],
+            None if o["duration_ms"] is None else f"{o['duration_ms'] / 1000:.3f}s",
+            o["last_error"] or o["reason"],
+        )
+        for o in occurrences
+    ]
+    return table(headers, rows)
+
+
+def _render_trigger(occ: dict[str, Any]) -> str:
+    line = f"triggered {occ['job_id']}: run at {_cell(occ['scheduled_at'])} is {occ['state']}"
+    return line + (f" ({occ['reason']})" if occ.get("reason") else "")
+
+
+def _render_pause(job: dict[str, Any]) -> str:
+    return f"paused {job['job_id']} (status {job['status']})"
+
+
+def _render_resume(job: dict[str, Any]) -> str:
+    return f"resumed {job['job_id']}: next run {_cell(job['next_run_at'])}"
+
+
+_RENDER: dict[str, Callable[[Any], str]] = {
+    "status": _render_status,
+    "history": _render_history,
+    "trigger": _render_trigger,
+    "pause": _render_pause,
+    "resume": _render_resume,
+}

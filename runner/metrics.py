@@ -1,0 +1,153 @@
+"""Prometheus metrics of the daemon, in a registry of their own, rendered for /metrics.
+
+Per-job gauges and the jobs-by-status counts are read from a snapshot callable at
+scrape time, so a large job set costs nothing between scrapes. Histograms are labelled
+by kind only: a per-job label on a histogram multiplies every bucket by the job count.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal, TypeAlias
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
+
+from runner.store import JobStatus
+
+Outcome: TypeAlias = Literal["succeeded", "failed", "skipped", "cancelled", "dry_run"]
+# (job name, status, next fire as seconds since the epoch or None)
+JobSnapshot: TypeAlias = Iterable[tuple[str, str, float | None]]
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus version reads
+STATUSES: tuple[JobStatus, ...] = (
+    "scheduled",
+    "queued",
+    "running",
+    "suspended",
+    "paused",
+    "completed",
+    "failed",
+)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+LATENESS_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class _SnapshotCollector(Collector):
+    """Jobs by status and each job's next fire time, computed when scraped."""
+
+    def __init__(self, snapshot: Callable[[], JobSnapshot]) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        jobs, next_fire = self._families()
+        counts: Tally[str] = Tally()
+        for name, status, next_ts in self.snapshot():
+            counts[status] += 1
+            if next_ts is not None:
+                next_fire.add_metric([name], next_ts)
+        for status in (*STATUSES, *sorted(set(counts) - set(STATUSES))):
+            jobs.add_metric([status], counts.get(status, 0))
+        return [jobs, next_fire]
+
+    def _families(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                "ductape_runner_jobs", "Jobs currently defined, by status.", labels=["status"]
+            ),
+            GaugeMetricFamily(
+                "ductape_runner_next_fire_timestamp_seconds",
+                "When each scheduled job fires next (seconds since the epoch).",
+                labels=["job"],
+            ),
+        ]
+
+
+class Metrics:
+    """Every metric the daemon exports; the daemon calls these as things happen."""
+
+    def __init__(self, snapshot: Callable[[], JobSnapshot]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.runs = Counter(
+            "ductape_runner_runs",
+            "Occurrences finished, by outcome.",
+            ["job", "outcome"],
+            registry=r,
+        )
+        self.run_duration = Histogram(
+            "ductape_runner_run_duration_seconds",
+            "Wall time of an occurrence, all attempts and retry delays included.",
+            ["kind"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.attempt_duration = Histogram(
+            "ductape_runner_attempt_duration_seconds",
+            "Duration of one call to Ductape.",
+            ["kind"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.fire_lateness = Histogram(
+            "ductape_runner_fire_lateness_seconds",
+            "How long after its scheduled instant an occurrence started.",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.invalid_files = Gauge(
+            "ductape_runner_invalid_files", "Job files that failed to load.", registry=r
+        )
+        self.last_reload = Gauge(
+            "ductape_runner_last_reload_success_timestamp_seconds",
+            "When the jobs folder was last reconciled (seconds since the epoch).",
+            registry=r,
+        )
+        r.register(_SnapshotCollector(snapshot))
+
+    def run_finished(self, job: str, kind: str, outcome: Outcome, duration_s: float | None) -> None:
+        """One occurrence is final; skipped ones have no duration."""
+        self.runs.labels(job=job, outcome=outcome).inc()
+        if duration_s is not None:
+            self.run_duration.labels(kind=kind).observe(max(duration_s, 0.0))
+
+    def attempt(self, kind: str, duration_s: float) -> None:
+        self.attempt_duration.labels(kind=kind).observe(max(duration_s, 0.0))
+
+    def lateness(self, seconds: float) -> None:
+        self.fire_lateness.observe(max(seconds, 0.0))
+
+    def reloaded(self, ts: float, invalid_files: int) -> None:
+        self.last_reload.set(ts)
+        self.invalid_files.set(invalid_files)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """Every sample as (name, labels, value): for tests and `status`."""
+        for family in self.registry.collect():
+            for sample in family.samples:
+                yield sample.name, sample.labels, sample.value
