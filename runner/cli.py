@@ -60,6 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     _emulator_args(emu)
     emu.set_defaults(handler=cmd_emulator)
 
+    plan = sub.add_parser("plan", help="print what the daemon would change now, changing nothing")
+    _common(plan)
+    plan.set_defaults(handler=cmd_plan)
+
+    for name, text in (
+        ("status", "jobs and their state (all, or one JOB)"),
+        ("history", "recent occurrences of JOB"),
+        ("trigger", "run JOB now"),
+        ("pause", "stop scheduling JOB until resumed"),
+        ("resume", "schedule JOB again"),
+    ):
+        ctl = sub.add_parser(name, help=text)
+        _common(ctl)
+        ctl.add_argument("job", nargs="?" if name == "status" else None, help="job name")
+        ctl.add_argument("--json", action="store_true", default=None, help="print JSON")
+        ctl.add_argument("--socket", help="control socket (default: as the daemon)")
+        ctl.add_argument("--url", help="control API over TCP, e.g. http://127.0.0.1:9464")
+        if name == "history":
+            ctl.add_argument("--limit", type=int, default=20)
+        ctl.set_defaults(handler=cmd_ctl, ctl_command=name)
+
     nxt = sub.add_parser("next", help="show a job's next fire times, as the daemon computes them")
     _common(nxt)
     nxt.add_argument("job", help="job name (in the jobs folder) or a job file")
@@ -149,6 +170,29 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.state is None and "DUCTAPE_RUNNER_STATE" not in os.environ:
         settings = settings.model_copy(update={"state": ".demo-state.sqlite3"})
     return cmd_run(args, settings)
+
+
+def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.planning import print_plan
+
+    return print_plan(settings)
+
+
+def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.ctl import run_ctl
+    from runner.settings import control_socket_path
+
+    socket = args.socket or control_socket_path(settings, dict(os.environ))
+    return run_ctl(
+        args.ctl_command,
+        args.job,
+        socket=socket,
+        url=args.url,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+        limit=getattr(args, "limit", 20),
+    )
 
 
 def cmd_next(args: argparse.Namespace, settings: Settings) -> int:

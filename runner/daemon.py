@@ -18,13 +18,21 @@ import structlog
 from pydantic import SecretStr
 
 from runner.clock import Clock, SystemClock
+from runner.control import build_control_app, serve_control
 from runner.ductape.client import Credentials, DuctapeClient
-from runner.execute import DuctapeExecutor
-from runner.loader import Defaults, Limits, LoadedJob, load_folder
+from runner.execute import DuctapeExecutor, RunHooks
+from runner.loader import Defaults, Limits, LoadedJob
+from runner.metrics import Metrics
+from runner.model import Job
+from runner.reconcile import Plan
 from runner.scheduler import Scheduler, to_ms
+from runner.sdnotify import Notifier, watchdog_interval_s
 from runner.secrets import SecretRegistry
-from runner.settings import Settings
+from runner.settings import Settings, control_socket_path
+from runner.store import Occurrence
 from runner.store.sqlite import SqliteStore
+from runner.view import DaemonView
+from runner.watch import FolderReconciler, FolderSync
 
 log = structlog.get_logger("runner.daemon")
 
@@ -49,8 +57,14 @@ class Daemon:
         self.requests: asyncio.Queue[str] = asyncio.Queue()
         self.interrupts = 0
         self.loaded = False
-        self.invalid: list[str] = []
+        self.invalid: dict[str, str] = {}
         self.last_reload: datetime | None = None
+        self.notifier = Notifier(environ.get("NOTIFY_SOCKET"))
+        self.watchdog_s = watchdog_interval_s(
+            environ.get("WATCHDOG_USEC"), environ.get("WATCHDOG_PID")
+        )
+        self._last_ping = 0.0
+        self._last_status = 0.0
 
     # ---- start -----------------------------------------------------------------------
 
@@ -72,23 +86,53 @@ class Daemon:
             credentials_dir=self.settings.credentials_directory,
             registry=self.registry,
             dry_run=self.settings.dry_run,
+            hooks=self._run_hooks(),
         )
+        max_sleep = min(30.0, self.watchdog_s or 30.0)
         self.scheduler = Scheduler(
             self.store,
             self.executor,
             self.clock,
             max_concurrent=self.settings.max_concurrent_runs,
+            max_sleep_s=max_sleep,
+            on_tick=self._tick,
+            on_skip=lambda job: self.metrics.run_finished(
+                job.name, job.canonical_kind, "skipped", None
+            ),
+        )
+        self.metrics = Metrics(self._snapshot)
+        self.view = DaemonView(
+            self.scheduler,
+            stale_after_s=max_sleep * 2 + 5,
+            loaded=lambda: self.loaded,
+            invalid=lambda: self.invalid,
         )
         try:
+            jobs = await self._first_load()
             with self.store.batch():
-                self.scheduler.start(self._load())
+                self.scheduler.start(jobs)
             self.loaded = True
-            log.info("daemon.started", jobs=len(self.scheduler.entries), state=self.settings.state)
+            control = await self._start_control()
+            log.info(
+                "daemon.started",
+                jobs=len(self.scheduler.entries),
+                invalid_files=len(self.invalid),
+                state=self.settings.state,
+                control=control.where(),
+            )
+            self.notifier.ready()
+            self.notifier.status(self.view.status_line())
             loop_task = asyncio.create_task(self.scheduler.run(), name="scheduler")
             prune_task = asyncio.create_task(self._prune_forever(), name="prune")
+            watch_task = self._start_sync()
             await self._serve()
+            self.notifier.stopping()
             prune_task.cancel()
-            return await self._stop(loop_task)
+            self.sync.stop()
+            await asyncio.gather(watch_task, return_exceptions=True)
+            status = await self._stop(loop_task)
+            await control.close()
+            return status
         finally:
             await self.client.aclose()
             self.store.close()
@@ -105,7 +149,7 @@ class Daemon:
         config = emulator.EmulatorConfig(
             host="127.0.0.1", port=port, access_log=False, uvicorn_logging=False
         )
-        server = emulator.make_server(config)
+        server = emulator.make_server(config, own_signals=False)
         self._emulator_task = asyncio.create_task(server.serve(sockets=[sock]), name="emulator")
         self.settings = self.settings.model_copy(
             update={
@@ -118,6 +162,39 @@ class Daemon:
         )
         log.info("emulator.started", base_url=self.settings.base_url)
         return server
+
+    async def _start_control(self) -> Any:
+        app = build_control_app(self.view, self.metrics, secrets=self.registry)
+        socket_path = control_socket_path(self.settings, self.environ)
+        return await serve_control(app, unix_socket=socket_path, tcp=self.settings.control_tcp)
+
+    def _run_hooks(self) -> RunHooks:
+        def finished(job: Job, occ: Occurrence) -> None:
+            seconds = None if occ.duration_ms is None else occ.duration_ms / 1000
+            outcome: Any = occ.state
+            self.metrics.run_finished(job.name, job.canonical_kind, outcome, seconds)
+
+        return RunHooks(
+            on_attempt=lambda job, s: self.metrics.attempt(job.canonical_kind, s),
+            on_finished=finished,
+            on_started=lambda job, occ, late_s: self.metrics.lateness(late_s),
+        )
+
+    def _snapshot(self) -> list[tuple[str, str, float | None]]:
+        return [
+            (name, e.record.status, None if e.due is None else e.due.timestamp())
+            for name, e in self.scheduler.entries.items()
+        ]
+
+    def _tick(self) -> None:
+        """Called by the scheduler loop on each pass: the watchdog is fed from the loop itself."""
+        mono = self.clock.monotonic()
+        if self.watchdog_s and mono - self._last_ping >= min(1.0, self.watchdog_s / 2):
+            self.notifier.watchdog()
+            self._last_ping = mono
+        if mono - self._last_status >= 5.0:
+            self.notifier.status(self.view.status_line())
+            self._last_status = mono
 
     def _credentials(self) -> Credentials:
         s = self.settings
@@ -148,45 +225,60 @@ class Daemon:
         while True:
             request = await self.requests.get()
             if request == "reload":
-                self.reload()
+                await self.reload()
             elif request in ("stop", "kill"):
                 self.requests.put_nowait(request)  # _stop reads it to know how urgent
                 return
 
-    def _load(self) -> dict[str, LoadedJob]:
+    async def _first_load(self) -> dict[str, LoadedJob]:
+        """Read the whole folder once, before the scheduler starts.
+
+        Files still being written are waited for (up to 2 s): a job missing from the
+        first load would have its open occurrences cancelled as "no longer defined".
+        """
         s = self.settings
-        result = load_folder(
-            [Path(s.jobs_dir)],
-            Limits(max_file_bytes=s.max_file_bytes),
-            Defaults(product=s.product, env=s.env),
+        self.reconciler = FolderReconciler(
+            Path(s.jobs_dir),
+            clock=self.clock,
+            limits=Limits(max_file_bytes=s.max_file_bytes),
+            defaults=Defaults(product=s.product, env=s.env),
+            quiet_s=s.quiet_period_s,
+            confirm_s=s.empty_folder_confirm_s,
         )
-        problems = result.all_problems()
-        self.invalid = sorted({p.path for p in problems})
-        for problem in problems:
-            log.error(
-                "file.invalid",
-                path=problem.path,
-                line=problem.line,
-                field=problem.field,
-                message=problem.message,
-            )
+        plan = self.reconciler.scan({}, deep=True)
+        deadline = self.clock.monotonic() + 2.0
+        while plan.unsettled and self.clock.monotonic() < deadline:
+            await self.clock.sleep(max(s.quiet_period_s, 0.05))
+            plan = self.reconciler.scan({}, deep=True)
+        self._reloaded(plan)
+        return plan.desired
+
+    def _start_sync(self) -> asyncio.Task[None]:
+        s = self.settings
+        self.sync = FolderSync(
+            self.reconciler,
+            self.scheduler,
+            resync_s=s.resync_interval_s,
+            poll_interval_s=s.quiet_period_s * 4 if s.poll else None,
+            on_reloaded=self._reloaded,
+        )
+        return asyncio.create_task(self.sync.run(), name="watch")
+
+    def _reloaded(self, plan: Plan) -> None:
+        """After every reconcile: invalid files, metrics, systemd status."""
+        self.invalid = {}
+        for problem in plan.problems:
+            self.invalid.setdefault(problem.path, str(problem))
         self.last_reload = self.clock.now()
-        return result.jobs
+        if hasattr(self, "metrics"):
+            self.metrics.reloaded(self.last_reload.timestamp(), len(self.invalid))
+            self.notifier.status(self.view.status_line())
 
-    def reload(self) -> dict[str, int]:
-        """Rescan the folder and apply the difference to the schedule."""
-        jobs = self._load()
-        counts = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0}
-        with self.store.batch():
-            self._apply(jobs, counts)
-        log.info("reload.finished", invalid_files=len(self.invalid), **counts)
-        return counts
-
-    def _apply(self, jobs: dict[str, LoadedJob], counts: dict[str, int]) -> None:
-        for loaded in jobs.values():
-            counts[self.scheduler.upsert(loaded)] += 1
-        for name in [n for n in self.scheduler.entries if n not in jobs]:
-            counts["removed"] += self.scheduler.remove(name)
+    async def reload(self) -> None:
+        """SIGHUP: rescan the whole folder now and apply it (RELOADING=1 ... READY=1)."""
+        self.notifier.reloading()
+        await self.sync.reload("sighup", deep=True)
+        self.notifier.ready()
 
     async def _prune_forever(self) -> None:
         """Forget finished occurrences past the retention horizon, hourly."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import logging
 import socket
@@ -390,8 +391,19 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
     return app
 
 
-def make_server(config: EmulatorConfig) -> uvicorn.Server:
-    """A uvicorn server for the emulator, with the connection index reset faults need."""
+class _GuestServer(uvicorn.Server):
+    """uvicorn without its signal handlers, for running inside the daemon's process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def make_server(config: EmulatorConfig, *, own_signals: bool = True) -> uvicorn.Server:
+    """A uvicorn server for the emulator, with the connection index reset faults need.
+
+    `own_signals=False` leaves SIGINT/SIGTERM to the host process (the daemon's demo).
+    """
     state = EmulatorState(config)
     kwargs: dict[str, Any] = {} if config.uvicorn_logging else {"log_config": None}
     uv_config = uvicorn.Config(
@@ -406,7 +418,7 @@ def make_server(config: EmulatorConfig) -> uvicorn.Server:
         timeout_graceful_shutdown=2,
         **kwargs,
     )
-    return uvicorn.Server(uv_config)
+    return uvicorn.Server(uv_config) if own_signals else _GuestServer(uv_config)
 
 
 async def serve(config: EmulatorConfig, sockets: list[socket.socket] | None = None) -> None:

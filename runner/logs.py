@@ -44,5 +44,5 @@ def configure(registry: SecretRegistry, *, json: bool | None = None, level: str 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # httpx logs every request at INFO; keep it at WARNING unless asked for debug.
-    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(noisy).setLevel("DEBUG" if level == "debug" else "WARNING")

@@ -125,12 +125,14 @@ class Scheduler:
         max_concurrent: int = 64,
         max_sleep_s: float = 30.0,
         on_tick: Callable[[], None] | None = None,
+        on_skip: Callable[[Job], None] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
         self.clock = clock
         self.max_sleep_s = max_sleep_s
         self.on_tick = on_tick
+        self.on_skip = on_skip
         self.entries: dict[str, Entry] = {}
         self.records: dict[str, JobRecord] = {}
         self.heap: list[tuple[int, int, str, int, int]] = []
@@ -430,6 +432,8 @@ class Scheduler:
                 scheduled_at=_iso(from_ms(scheduled_ms)),
                 reason=reason,
             )
+            if self.on_skip is not None:
+                self.on_skip(entry.job)
         return occ
 
     def _occurrence(self, entry: Entry, scheduled_ms: int, trigger: str) -> Occurrence:

@@ -1,0 +1,79 @@
+"""The daemon as the control API sees it: read-only views plus trigger, pause and resume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from runner.control import job_dict, occurrence_dict, summary_dict
+from runner.scheduler import Scheduler
+
+
+class DaemonView:
+    """Implements runner.control.ControlView over a running scheduler; never blocks."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        stale_after_s: float,
+        loaded: Callable[[], bool],
+        invalid: Callable[[], dict[str, str]],
+    ) -> None:
+        self.scheduler = scheduler
+        self.stale_after_s = stale_after_s
+        self._loaded = loaded
+        self._invalid = invalid
+
+    def healthy(self) -> tuple[bool, str]:
+        age = self.scheduler.clock.monotonic() - self.scheduler.heartbeat
+        if age > self.stale_after_s:
+            return False, f"scheduler loop silent for {age:.1f} s"
+        return True, f"scheduler loop ran {age:.1f} s ago"
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._loaded():
+            return False, "state and jobs folder not loaded yet"
+        return True, f"{len(self.scheduler.entries)} jobs loaded"
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [self._dict(name) for name in sorted(self.scheduler.entries)]
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        return self._dict(name) if name in self.scheduler.entries else None
+
+    def _dict(self, name: str) -> dict[str, Any]:
+        entry = self.scheduler.entries[name]
+        return job_dict(entry.record, entry.job, entry.due)
+
+    def history(self, name: str, limit: int) -> list[dict[str, Any]] | None:
+        if name not in self.scheduler.records:
+            return None
+        return [occurrence_dict(o) for o in self.scheduler.store.history(name, limit)]
+
+    def trigger(self, name: str) -> dict[str, Any]:
+        entry = self.scheduler.entries[name]  # KeyError: 404
+        if entry.job.suspend:
+            raise ValueError(f"job '{name}' is suspended in its file (suspend: true)")
+        return occurrence_dict(self.scheduler.trigger(name))
+
+    def pause(self, name: str) -> dict[str, Any]:
+        self.scheduler.pause(name)
+        return self._dict(name)
+
+    def resume(self, name: str) -> dict[str, Any]:
+        self.scheduler.resume(name)
+        return self._dict(name)
+
+    def summary(self) -> dict[str, Any]:
+        return summary_dict(self.jobs(), self._invalid())
+
+    def status_line(self) -> str:
+        """For systemd's STATUS=: '312 jobs, 2 invalid files, next run in 4 s'."""
+        deadline = self.scheduler.next_deadline_ms()
+        now_ms = int(self.scheduler.clock.now().timestamp() * 1000)
+        invalid = len(self._invalid())
+        text = f"{len(self.scheduler.entries)} jobs, {invalid} invalid files"
+        if deadline is None:
+            return text + ", nothing scheduled"
+        return text + f", next run in {max(deadline - now_ms, 0) / 1000:.0f} s"
