@@ -182,7 +182,7 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
     from runner.ctl import run_ctl
     from runner.settings import control_socket_path
 
-    socket = args.socket or control_socket_path(settings, dict(os.environ))
+    socket = args.socket or control_socket_path(settings, dict(os.environ), client=True)
     return run_ctl(
         args.ctl_command,
         args.job,

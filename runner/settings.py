@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     )
 
     jobs_dir: Path = Path("jobs.d")
-    state: str = "ductape-runner.sqlite3"
+    state: str = "ductape-runner.sqlite3"  # a SQLite path, or a postgresql:// DSN (replicas)
+    lease_s: float = Field(default=30.0, ge=1)  # PostgreSQL: how long a claim lasts unrenewed
+    replica_id: str | None = None  # PostgreSQL: default host-pid-random
     base_url: str = "https://api.ductape.app"
     workspace_id: str = ""
     user_id: str = ""
@@ -85,12 +87,23 @@ def load_settings(
     return _Sourced(**clean)
 
 
-def control_socket_path(settings: Settings, environ: dict[str, str]) -> str:
-    """The control socket: configured, else systemd's RuntimeDirectory, XDG, or /tmp."""
+SYSTEMD_SOCKET = Path("/run/ductape-runner/control.sock")
+
+
+def control_socket_path(
+    settings: Settings, environ: dict[str, str], *, client: bool = False
+) -> str:
+    """The control socket: configured, else systemd's RuntimeDirectory, XDG, or /tmp.
+
+    A client (`ductape-runner status`) run by an operator outside the service also finds
+    the socket the systemd unit creates.
+    """
     if settings.control_socket:
         return settings.control_socket
     if environ.get("RUNTIME_DIRECTORY"):
         return str(Path(environ["RUNTIME_DIRECTORY"].split(":")[0]) / "control.sock")
+    if client and SYSTEMD_SOCKET.exists():
+        return str(SYSTEMD_SOCKET)
     if environ.get("XDG_RUNTIME_DIR"):
         return str(Path(environ["XDG_RUNTIME_DIR"]) / "ductape-runner.sock")
     return f"/tmp/ductape-runner-{os.getuid()}.sock"
