@@ -226,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"ductape-runner: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`... | head`): not an error worth a message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (RunnerError, OSError) as exc:
         print(f"ductape-runner: {exc}", file=sys.stderr)
         return 2
