@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.daemon_helpers import DaemonProcess, wait_for
@@ -147,6 +150,15 @@ def test_dry_run_logs_the_operation_and_calls_nothing(
     assert "dry-secret-value-123" not in d.output()
 
 
+def ctl_output(d: DaemonProcess, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", *args, "--json", "--socket", str(d.tmp_path / "control.sock")],
+        capture_output=True, text=True, timeout=30, env=d.env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def test_every_kind_runs_against_the_emulator(
     daemon: DaemonProcess, emulator: RunningEmulator
 ) -> None:
@@ -199,8 +211,13 @@ def test_secrets_never_reach_logs_or_the_state_file(
     d.start()
     try:
         wait_for(lambda: finished(d, "j"))
+        status = [ctl_output(d, *args) for args in (["status"], ["status", "j"], ["history", "j"])]
+        metrics = httpx.Client(transport=httpx.HTTPTransport(uds=str(tmp_path / "control.sock")))
+        with metrics:
+            status.append(metrics.get("http://daemon/metrics").text)
     finally:
         d.stop()
+    assert '"last_error"' in status[1] and "***" in status[1]  # the error shows, redacted
     [call] = emulator.calls()
     assert call["params"][0]["input"] == {"a": "env-secret-value-123", "b": "file-secret-value-456"}
     assert call["params"][0]["session"] == {"tag": "user", "token": "credential-secret-789"}
