@@ -56,6 +56,8 @@ class Daemon:
         self.emulator = emulator
         self.requests: asyncio.Queue[str] = asyncio.Queue()
         self.interrupts = 0
+        self.exit_status = 0
+        self.requests_stop_seen = False
         self.loaded = False
         self.invalid: dict[str, str] = {}
         self.last_reload: datetime | None = None
@@ -125,6 +127,8 @@ class Daemon:
             loop_task = asyncio.create_task(self.scheduler.run(), name="scheduler")
             prune_task = asyncio.create_task(self._prune_forever(), name="prune")
             watch_task = self._start_sync()
+            for task in (loop_task, watch_task, prune_task):
+                task.add_done_callback(self._on_task_done)
             await self._serve()
             self.notifier.stopping()
             prune_task.cancel()
@@ -215,6 +219,20 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.requests.put_nowait, "stop")
         loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
 
+    def _on_task_done(self, task: asyncio.Task[Any]) -> None:
+        """A part that dies on its own is fatal: stop, exit 1, let systemd restart us."""
+        if task.cancelled() or self.requests_stop_seen:
+            return
+        exc = task.exception()
+        log.critical(
+            "daemon.part_failed",
+            part=task.get_name(),
+            error=f"{type(exc).__name__}: {exc}" if exc else "ended unexpectedly",
+            exc_info=exc,
+        )
+        self.exit_status = 1
+        self.requests.put_nowait("stop")
+
     def _on_interrupt(self) -> None:
         self.interrupts += 1
         self.requests.put_nowait("stop" if self.interrupts == 1 else "kill")
@@ -227,6 +245,7 @@ class Daemon:
             if request == "reload":
                 await self.reload()
             elif request in ("stop", "kill"):
+                self.requests_stop_seen = True
                 self.requests.put_nowait(request)  # _stop reads it to know how urgent
                 return
 
@@ -306,6 +325,6 @@ class Daemon:
             cancelled = await drain
             log.info("daemon.stopped", cancelled_attempts=cancelled)
         loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await loop_task
-        return 0
+        return self.exit_status

@@ -518,6 +518,9 @@ class Scheduler:
                     "replaced by a newer occurrence (concurrency replace)",
                 )
             raise  # on shutdown the occurrence stays open and resumes after restart
+        except Exception as exc:  # a bug must fail this occurrence, not strand it as running
+            log.exception("run.crashed", job=entry.job.name, scheduled_ms=occ.scheduled_ms)
+            occ.state, occ.last_error = "failed", f"internal error: {type(exc).__name__}: {exc}"
 
     def _finished(self, entry: Entry, occ: Occurrence, control: RunControl) -> None:
         if occ.state in OPEN_STATES and control.reason == "removed":

@@ -360,3 +360,21 @@ async def test_jitter_delays_but_never_past_the_next_occurrence(
         assert timedelta(0) <= call.at - call.scheduled < timedelta(seconds=30)
     assert len(ex.calls) == 30
     await h.stop()
+
+
+async def test_a_bug_in_a_run_fails_that_occurrence_instead_of_stranding_it(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    class Broken(FakeExecutor):
+        async def __call__(self, job, occ, deadline, control):  # type: ignore[no-untyped-def]
+            raise KeyError("boom")
+
+    ex = Broken(clock)
+    h = await Harness(tmp_path, clock, ex).start(
+        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {every: 1m}\n")
+    )
+    await clock.advance(61)
+    states = [(o.state, o.last_error) for o in h.store.history("j")]
+    assert states == [("failed", "internal error: KeyError: 'boom'")] * 2
+    assert h.store.load_jobs()["j"].execution_count == 2
+    await h.stop()
