@@ -330,14 +330,24 @@ def test_watch_targets_include_the_directories_holding_symlinks(tmp_path: Path) 
     assert missing.names == {str(real / "no")}
 
 
-def test_discover_names_agrees_with_the_loader(tmp_path: Path) -> None:
+def test_discovery_orders_like_paths_and_skips_litter_and_loops(tmp_path: Path) -> None:
     for name in ("b.yaml", "a.toml", "sub/x.yml", "sub/deeper/y.yaml", "a-b/z.yaml", "a/z.yaml"):
         write(tmp_path / name, job())
     for name in (".hidden/h.yaml", "notes.txt", ".dot.yaml", "x.yaml~", "#x.yaml#"):
         write(tmp_path / name, job())
     (tmp_path / "loop").symlink_to(tmp_path)
     (tmp_path / "dangling.yaml").symlink_to(tmp_path / "nowhere.yaml")
-    assert discover_names(str(tmp_path)) == [str(p) for p in discover(tmp_path)]
+    expected = [
+        "a/z.yaml",
+        "a-b/z.yaml",
+        "a.toml",
+        "b.yaml",
+        "dangling.yaml",
+        "sub/deeper/y.yaml",
+        "sub/x.yml",
+    ]
+    assert discover_names(str(tmp_path)) == [str(tmp_path / e) for e in expected]
+    assert discover(tmp_path) == [tmp_path / e for e in expected]
 
 
 def test_a_dangling_symlink_is_an_invalid_file_not_a_retry(tmp_path: Path) -> None:
