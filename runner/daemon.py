@@ -29,7 +29,8 @@ from runner.scheduler import Scheduler, to_ms
 from runner.sdnotify import Notifier, watchdog_interval_s
 from runner.secrets import SecretRegistry
 from runner.settings import Settings, control_socket_path
-from runner.store import Occurrence
+from runner.store import Occurrence, Store
+from runner.store.postgres import PostgresStore, StoreUnavailable, display_dsn, is_dsn
 from runner.store.sqlite import SqliteStore
 from runner.view import DaemonView
 from runner.watch import FolderReconciler, FolderSync
@@ -74,7 +75,8 @@ class Daemon:
         """Start everything, serve until asked to stop, then drain; the exit status."""
         self._install_signals()
         emulator = await self._start_emulator() if self.emulator else None
-        self.store = SqliteStore(self.settings.state)
+        self.store = self._open_store()
+        shared = self.store if isinstance(self.store, PostgresStore) else None
         self.client = DuctapeClient(
             self._credentials(), max_connections=self.settings.max_connections
         )
@@ -101,6 +103,7 @@ class Daemon:
             on_skip=lambda job: self.metrics.run_finished(
                 job.name, job.canonical_kind, "skipped", None
             ),
+            claims=shared,
         )
         self.metrics = Metrics(self._snapshot)
         self.view = DaemonView(
@@ -111,15 +114,20 @@ class Daemon:
         )
         try:
             jobs = await self._first_load()
+            if shared is not None:
+                await self._connect(shared, jobs)
             with self.store.batch():
                 self.scheduler.start(jobs)
+            if shared is not None:
+                shared.start()
             self.loaded = True
             control = await self._start_control()
             log.info(
                 "daemon.started",
                 jobs=len(self.scheduler.entries),
                 invalid_files=len(self.invalid),
-                state=self.settings.state,
+                state=self._state_where(),
+                replica=None if shared is None else shared.replica_id,
                 control=control.where(),
             )
             self.notifier.ready()
@@ -139,9 +147,32 @@ class Daemon:
             return status
         finally:
             await self.client.aclose()
+            if isinstance(self.store, PostgresStore):
+                await self.store.aclose()
             self.store.close()
             if emulator is not None:
                 emulator.should_exit = True
+
+    def _open_store(self) -> Store:
+        """SQLite by default; a postgresql:// DSN shares the state between replicas."""
+        s = self.settings
+        if not is_dsn(s.state):
+            return SqliteStore(s.state)
+        return PostgresStore(s.state, self.clock, replica_id=s.replica_id, lease_s=s.lease_s)
+
+    async def _connect(self, store: PostgresStore, jobs: dict[str, LoadedJob]) -> None:
+        """Migrate and read the shared state; unreachable at start-up is an error (systemd
+        restarts the unit), unlike later, when the replica waits for the database."""
+        try:
+            await asyncio.wait_for(store.open(set(jobs)), store.timeout_s * 4)
+        except Exception as exc:
+            if isinstance(exc, RuntimeError):
+                raise  # a schema newer than this runner
+            raise StoreUnavailable(f"{display_dsn(store.dsn)}: {exc}") from exc
+
+    def _state_where(self) -> str:
+        state = self.settings.state
+        return display_dsn(state) if is_dsn(state) else state
 
     async def _start_emulator(self) -> Any:
         """The built-in Ductape emulator on a free loopback port, with the demo credentials."""

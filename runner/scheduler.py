@@ -33,7 +33,16 @@ from runner.policy import (
     jitter_delay_ms,
     lateness_grace,
 )
-from runner.store import OPEN_STATES, RAN_STATES, JobRecord, JobStatus, Occurrence, Store
+from runner.store import (
+    OPEN_STATES,
+    RAN_STATES,
+    Claims,
+    JobRecord,
+    JobStatus,
+    Occurrence,
+    SharedJob,
+    Store,
+)
 
 log = structlog.get_logger("runner.scheduler")
 
@@ -50,14 +59,17 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
+HaltReason = Literal["removed", "shutdown", "replaced", "lease_lost"]
+
+
 class RunControl:
     """Lets the scheduler stop an occurrence's pending retries without killing its attempt."""
 
     def __init__(self) -> None:
         self.stop = asyncio.Event()
-        self.reason: Literal["removed", "shutdown", "replaced"] | None = None
+        self.reason: HaltReason | None = None
 
-    def halt(self, reason: Literal["removed", "shutdown", "replaced"]) -> None:
+    def halt(self, reason: HaltReason) -> None:
         self.reason = reason
         self.stop.set()
 
@@ -83,6 +95,7 @@ class Entry:
     controls: dict[int, RunControl] = field(default_factory=dict)
     queued: int = 0
     pending: int = 0  # occurrences planned or running, not yet finished
+    won: int = 0  # replicas: tasks that won their claim (the others run nothing here)
 
     @property
     def job(self) -> Job:
@@ -126,8 +139,12 @@ class Scheduler:
         max_sleep_s: float = 30.0,
         on_tick: Callable[[], None] | None = None,
         on_skip: Callable[[Job], None] | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.store = store
+        # Only a backend shared by replicas (PostgreSQL) has claims: None keeps the
+        # single-replica path exactly as it was.
+        self.claims = claims
         self.executor = executor
         self.clock = clock
         self.max_sleep_s = max_sleep_s
@@ -143,6 +160,8 @@ class Scheduler:
         self._seq = itertools.count()
         self._versions = itertools.count(1)
         self._open_counts: dict[str, int] = {}
+        if claims is not None:
+            claims.attach(self)
 
     # ---- the job set -------------------------------------------------------------
 
@@ -202,6 +221,8 @@ class Scheduler:
         entry.record.paused = True
         self._reschedule(entry, self.clock.now(), catch_up=False)
         self.store.save_job(entry.record)
+        if self.claims is not None:
+            self.claims.set_paused(name, True)
         log.info("job.paused", job=name)
         return entry.record
 
@@ -210,6 +231,8 @@ class Scheduler:
         entry.record.paused = False
         self._reschedule(entry, self.clock.now(), catch_up=False)
         self.store.save_job(entry.record)
+        if self.claims is not None:
+            self.claims.set_paused(name, False)
         log.info("job.resumed", job=name, next_run_at=_iso(entry.due))
         return entry.record
 
@@ -258,6 +281,7 @@ class Scheduler:
         if old is not None:
             entry.tasks, entry.controls = old.tasks, old.controls
             entry.queued, entry.pending = old.queued, old.pending
+            entry.won = old.won
         else:
             entry.pending = self._open_counts.pop(loaded.job.name, 0)
         entry.version = next(self._versions)
@@ -391,6 +415,8 @@ class Scheduler:
 
     def fire_due(self, now: datetime) -> int:
         """Start every occurrence whose fire time has come; returns how many were due."""
+        if self.claims is not None and not self.claims.writable():
+            return 0  # the database is away: claim nothing; late ones follow catch-up later
         now_ms, fired = to_ms(now), 0
         # One transaction for everything due now: committed before any run task starts
         # (they only run once this loop yields), so each occurrence is still on disk
@@ -443,7 +469,9 @@ class Scheduler:
 
     def _start(self, entry: Entry, scheduled_ms: int, trigger: str) -> Occurrence:
         policy = entry.job.concurrency
-        if entry.tasks and policy == "forbid":
+        # With replicas, a task waiting for (or having lost) its claim runs nothing here.
+        busy = bool(entry.tasks) if self.claims is None else entry.won > 0
+        if busy and policy == "forbid":
             return self._skip(
                 entry, scheduled_ms, "previous run still running (concurrency forbid)", trigger
             )
@@ -468,7 +496,8 @@ class Scheduler:
         if trigger != "manual":
             entry.record.last_scheduled_ms = max(entry.record.last_scheduled_ms or 0, scheduled_ms)
         entry.record.status = "queued"
-        if not self.store.plan(occ, entry.record):
+        limit = None if trigger == "manual" else entry.job.schedule.limit
+        if not self.store.plan(occ, entry.record, limit=limit):
             log.warning("run.duplicate", job=entry.job.name, scheduled_ms=scheduled_ms)
             return None
         entry.pending += 1
@@ -487,22 +516,47 @@ class Scheduler:
     async def _execute(
         self, entry: Entry, occs: list[Occurrence], control: RunControl, key: int
     ) -> None:
-        started = False
+        started, won = False, False
+        lost: list[Occurrence] = []
         try:
+            if self.claims is not None:
+                lost = await self._claim(entry, occs)
+                won = len(lost) < len(occs)
+                entry.won += won
             async with self.slots:
                 entry.queued -= 1
                 started = True
                 for occ in occs:
                     if control.stop.is_set():
                         break
+                    if lost and any(occ is o for o in lost):
+                        continue
+                    if self.claims is not None and not self.claims.may_start(occ):
+                        break  # no lease to spare: left open for whoever holds one next
                     await self._run_one(entry, occ, control)
         finally:
             if not started:
                 entry.queued -= 1
+            entry.won -= won
             entry.tasks.pop(key, None)
             entry.controls.pop(key, None)
             for occ in occs:
+                if lost and any(occ is o for o in lost):
+                    entry.pending -= 1
+                    continue
                 self._finished(entry, occ, control)
+                if self.claims is not None:
+                    self.claims.released(occ)
+
+    async def _claim(self, entry: Entry, occs: list[Occurrence]) -> list[Occurrence]:
+        """Wait for the database's verdict on each claim; the ones another replica won."""
+        assert self.claims is not None
+        lost = []
+        for occ in occs:
+            if not await self.claims.claimed(occ):
+                log.debug("run.claimed_elsewhere", job=occ.job, scheduled_ms=occ.scheduled_ms)
+                lost.append(occ)
+        return lost
 
     async def _run_one(self, entry: Entry, occ: Occurrence, control: RunControl) -> None:
         now_ms = to_ms(self.clock.now())
@@ -526,6 +580,8 @@ class Scheduler:
         if occ.state in OPEN_STATES and control.reason == "removed":
             occ.state, occ.reason = "cancelled", "job removed; pending retries cancelled"
         if occ.state in OPEN_STATES:
+            if self.claims is not None:
+                entry.pending -= 1  # its lease decides who resumes it, maybe another replica
             return  # interrupted by shutdown or a crash: left open on purpose
         entry.pending -= 1
         record = entry.record
@@ -552,6 +608,9 @@ class Scheduler:
         resumed: dict[str, list[Occurrence]] = {}
         for occ in open_occurrences:
             entry = self.entries.get(occ.job)
+            if entry is None and self.claims is not None:
+                self.claims.released(occ)  # a replica whose folder has the job will take it
+                continue
             if entry is None:
                 occ.state, occ.reason = "cancelled", "job no longer defined"
                 occ.finished_ms = to_ms(self.clock.now())
@@ -563,6 +622,59 @@ class Scheduler:
             resumed.setdefault(occ.job, []).append(occ)
         for name, occs in resumed.items():  # one job's open occurrences run in order
             self._spawn(self.entries[name], occs)
+
+    # ---- replicas sharing a database (runner.store.Replica) --------------------------
+
+    def adopt(self, occurrences: list[Occurrence]) -> None:
+        """Run occurrences taken over from a replica whose lease expired (same keys)."""
+        by_job: dict[str, list[Occurrence]] = {}
+        for occ in occurrences:
+            entry = self.entries.get(occ.job)
+            if entry is None or occ.scheduled_ms in entry.tasks:
+                # Gone from our folder, or our own task still has it (its finish is
+                # written under the new token): nothing to start.
+                if entry is None:
+                    assert self.claims is not None
+                    self.claims.released(occ)
+                continue
+            log.warning(
+                "run.taken_over", job=occ.job, scheduled_ms=occ.scheduled_ms, attempts=occ.attempts
+            )
+            by_job.setdefault(occ.job, []).append(occ)
+        for name, occs in by_job.items():
+            entry = self.entries[name]
+            entry.pending += len(occs)
+            self._spawn(entry, occs)
+
+    def lease_lost(self, job: str, scheduled_ms: int) -> None:
+        """No new attempt of this job's runs here: an attempt in flight may still finish."""
+        entry = self.entries.get(job)
+        if entry is None:
+            return
+        log.warning("run.lease_lost", job=job, scheduled_ms=scheduled_ms)
+        for control in entry.controls.values():
+            control.halt("lease_lost")
+
+    def shared(self, jobs: list[SharedJob]) -> None:
+        """Apply what other replicas wrote: pause state, counts, results, first sighting."""
+        now = self.clock.now()
+        for shared in jobs:
+            record = self.records.get(shared.name)
+            if record is None or shared.definition_hash != record.definition_hash:
+                continue  # another version of the job (folders sync at their own pace)
+            moved, counted = _merge_shared(record, shared)
+            entry = self.entries.get(shared.name)
+            if entry is None or entry.record is not record:
+                continue
+            if moved or (counted and entry.job.schedule.limit is not None):
+                entry.rec = recurrence_of(entry.job, record.anchor_ms)
+                self._reschedule(entry, now, catch_up=False)
+
+    def store_available(self, available: bool) -> None:
+        self.wake.set()  # back: fire what is due; away: the loop stops claiming
+
+    def known_jobs(self) -> set[str]:
+        return set(self.entries)
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -581,6 +693,8 @@ class Scheduler:
             await self.clock.sleep(self._sleep_for(self.clock.now()), self.wake)
 
     def _sleep_for(self, now: datetime) -> float:
+        if self.claims is not None and not self.claims.writable():
+            return self.max_sleep_s  # store_available(True) wakes the loop
         deadline = self.next_deadline_ms()
         if deadline is None:
             return self.max_sleep_s
@@ -629,3 +743,21 @@ class Scheduler:
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
+
+
+def _merge_shared(record: JobRecord, shared: SharedJob) -> tuple[bool, bool]:
+    """Copy another replica's view into ours: (phase, pause or one-shot changed; count grew)."""
+    moved = shared.anchor_ms != record.anchor_ms or shared.paused != record.paused
+    if shared.paused != record.paused:
+        log.info("job.paused" if shared.paused else "job.resumed", job=record.name, by="replica")
+    record.anchor_ms, record.first_seen_ms = shared.anchor_ms, shared.first_seen_ms
+    record.paused = shared.paused
+    counted = shared.execution_count > record.execution_count  # `limit` may be reached
+    record.execution_count = max(record.execution_count, shared.execution_count)
+    if (shared.last_finished_ms or 0) >= (record.last_finished_ms or 0):
+        record.last_started_ms = shared.last_started_ms
+        record.last_finished_ms, record.last_outcome = shared.last_finished_ms, shared.last_outcome
+        record.last_error, record.retry_count = shared.last_error, shared.retry_count
+    if shared.succeeded_hash is not None and shared.succeeded_hash != record.succeeded_hash:
+        record.succeeded_hash, moved = shared.succeeded_hash, True
+    return moved, counted

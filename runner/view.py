@@ -7,6 +7,7 @@ from typing import Any
 
 from runner.control import job_dict, occurrence_dict, summary_dict
 from runner.scheduler import Scheduler
+from runner.store.postgres import StoreUnavailable
 
 
 class DaemonView:
@@ -29,7 +30,17 @@ class DaemonView:
         age = self.scheduler.clock.monotonic() - self.scheduler.heartbeat
         if age > self.stale_after_s:
             return False, f"scheduler loop silent for {age:.1f} s"
-        return True, f"scheduler loop ran {age:.1f} s ago"
+        store_ok, store_detail = self._store()
+        if not store_ok:
+            return False, store_detail
+        return True, f"scheduler loop ran {age:.1f} s ago" + (
+            f"; {store_detail}" if store_detail else ""
+        )
+
+    def _store(self) -> tuple[bool, str]:
+        """PostgreSQL replicas: is the shared database reachable? SQLite: nothing to say."""
+        claims = self.scheduler.claims
+        return (True, "") if claims is None else claims.status()
 
     def ready(self) -> tuple[bool, str]:
         if not self._loaded():
@@ -49,7 +60,11 @@ class DaemonView:
     def history(self, name: str, limit: int) -> list[dict[str, Any]] | None:
         if name not in self.scheduler.records:
             return None
-        return [occurrence_dict(o) for o in self.scheduler.store.history(name, limit)]
+        try:
+            occurrences = self.scheduler.store.history(name, limit)
+        except StoreUnavailable as exc:
+            raise ValueError(str(exc)) from exc  # 409 with the reason, not a 500
+        return [occurrence_dict(o) for o in occurrences]
 
     def trigger(self, name: str) -> dict[str, Any]:
         entry = self.scheduler.entries[name]  # KeyError: 404
@@ -66,7 +81,11 @@ class DaemonView:
         return self._dict(name)
 
     def summary(self) -> dict[str, Any]:
-        return summary_dict(self.jobs(), self._invalid())
+        summary = summary_dict(self.jobs(), self._invalid())
+        if self.scheduler.claims is not None:
+            ok, detail = self.scheduler.claims.status()
+            summary["store"] = {"ok": ok, "detail": detail}
+        return summary
 
     def status_line(self) -> str:
         """For systemd's STATUS=: '312 jobs, 2 invalid files, next run in 4 s'."""
@@ -74,6 +93,8 @@ class DaemonView:
         now_ms = int(self.scheduler.clock.now().timestamp() * 1000)
         invalid = len(self._invalid())
         text = f"{len(self.scheduler.entries)} jobs, {invalid} invalid files"
+        if not self._store()[0]:
+            return text + ", state database unreachable: starting nothing"
         if deadline is None:
             return text + ", nothing scheduled"
         return text + f", next run in {max(deadline - now_ms, 0) / 1000:.0f} s"

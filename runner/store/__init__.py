@@ -75,10 +75,12 @@ class Store(Protocol):
 
     def save_jobs(self, records: list[JobRecord]) -> None: ...
 
-    def plan(self, occurrence: Occurrence, record: JobRecord) -> bool:
+    def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
         """Insert the occurrence if absent and save its job, in one transaction.
 
-        False (and nothing written) when (job, scheduled_ms) already exists.
+        False (and nothing written) when (job, scheduled_ms) already exists. `limit` is
+        the job's limit, for backends shared by replicas (see `Claims`); SQLite has a
+        single writer whose own count is authoritative and ignores it.
         """
         ...
 
@@ -95,3 +97,75 @@ class Store(Protocol):
     def history(self, job: str, limit: int = 50) -> list[Occurrence]: ...
 
     def prune(self, before_ms: int) -> int: ...
+
+
+@dataclass
+class SharedJob:
+    """A job's fields that other replicas change: read back from a shared backend."""
+
+    name: str
+    definition_hash: str
+    anchor_ms: int
+    first_seen_ms: int
+    paused: bool
+    execution_count: int
+    last_started_ms: int | None
+    last_finished_ms: int | None
+    last_outcome: str | None
+    last_error: str | None
+    retry_count: int
+    succeeded_hash: str | None
+
+
+class Replica(Protocol):
+    """What the scheduler needs from it: callbacks from a shared backend's background work."""
+
+    def adopt(self, occurrences: list[Occurrence]) -> None:
+        """Run occurrences taken over from a replica whose lease expired (same keys)."""
+        ...
+
+    def lease_lost(self, job: str, scheduled_ms: int) -> None:
+        """Stop starting attempts of an occurrence whose lease could not be renewed."""
+        ...
+
+    def shared(self, jobs: list[SharedJob]) -> None:
+        """Apply pause state, counts and first sightings written by other replicas."""
+        ...
+
+    def store_available(self, available: bool) -> None:
+        """The database went away or came back."""
+        ...
+
+    def known_jobs(self) -> set[str]: ...
+
+
+class Claims(Protocol):
+    """What a backend shared by several replicas adds to `Store` (PostgreSQL).
+
+    `Store.plan` there only queues the claim (insert-if-absent with owner, lease and
+    fencing token) and returns True; the scheduler awaits `claimed` before running.
+    """
+
+    def attach(self, replica: Replica) -> None: ...
+
+    def writable(self) -> bool:
+        """The database answers: new occurrences may be claimed."""
+        ...
+
+    async def claimed(self, occurrence: Occurrence) -> bool:
+        """True when this replica won (or was handed) the occurrence."""
+        ...
+
+    def may_start(self, occurrence: Occurrence) -> bool:
+        """This replica holds the occurrence's lease with time to spare."""
+        ...
+
+    def released(self, occurrence: Occurrence) -> None:
+        """The scheduler is done with it (final, or left open for another replica)."""
+        ...
+
+    def set_paused(self, name: str, paused: bool) -> None: ...
+
+    def status(self) -> tuple[bool, str]:
+        """(available, what to tell the operator)."""
+        ...

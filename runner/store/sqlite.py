@@ -124,7 +124,7 @@ class SqliteStore:
         with self._tx():
             self.db.executemany(_SAVE_JOB, [_job_row(r) for r in records])
 
-    def plan(self, occurrence: Occurrence, record: JobRecord) -> bool:
+    def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
         with self._tx():
             cursor = self.db.execute(_PLAN_OCC, _occ_row(occurrence))
             if cursor.rowcount != 1:

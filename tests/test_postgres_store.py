@@ -1,0 +1,232 @@
+"""The PostgreSQL backend on its own: versioned migrations, one winner per claim, fencing,
+lease takeover, shared counts and pause, and what a replica does when the database goes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+
+from runner.clock import SystemClock
+from runner.store import JobRecord, Occurrence, SharedJob
+from runner.store.postgres import MIGRATIONS, PostgresStore, migrate
+from tests import pg_helpers
+from tests.pg_helpers import CuttableProxy, dsn_for
+
+# The fixtures, by name (a function argument shadowing an import would read as a mistake).
+pg_database, pg_dsn, pg_proxy = pg_helpers.pg_database, pg_helpers.pg_dsn, pg_helpers.pg_proxy
+
+T0 = 1_800_000_000_000
+
+
+@dataclass
+class FakeReplica:
+    """Records what the store tells the scheduler."""
+
+    jobs: set[str] = field(default_factory=lambda: {"j"})
+    adopted: list[Occurrence] = field(default_factory=list)
+    lost: list[tuple[str, int]] = field(default_factory=list)
+    shared_jobs: list[SharedJob] = field(default_factory=list)
+    availability: list[bool] = field(default_factory=list)
+
+    def adopt(self, occurrences: list[Occurrence]) -> None:
+        self.adopted.extend(occurrences)
+
+    def lease_lost(self, job: str, scheduled_ms: int) -> None:
+        self.lost.append((job, scheduled_ms))
+
+    def shared(self, jobs: list[SharedJob]) -> None:
+        self.shared_jobs.extend(jobs)
+
+    def store_available(self, available: bool) -> None:
+        self.availability.append(available)
+
+    def known_jobs(self) -> set[str]:
+        return self.jobs
+
+
+def record(name: str = "j", anchor_ms: int = T0) -> JobRecord:
+    return JobRecord(name, "def1", "sched1", first_seen_ms=anchor_ms, anchor_ms=anchor_ms)
+
+
+def occurrence(ms: int, job: str = "j", trigger: str = "schedule") -> Occurrence:
+    return Occurrence(job, ms, f"ductape-runner:{job}:{ms}", trigger=trigger, created_ms=ms)
+
+
+async def replica(dsn: str, name: str, lease_s: float = 30.0, **kw: Any) -> PostgresStore:
+    store = PostgresStore(dsn, SystemClock(), replica_id=name, lease_s=lease_s, **kw)
+    store.attach(FakeReplica())
+    await store.open({"j"})
+    store.start()
+    return store
+
+
+async def flush(*stores: PostgresStore) -> None:
+    await asyncio.wait_for(asyncio.gather(*(s._queue.join() for s in stores)), 10)
+
+
+def rows(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def test_migrations_are_versioned_and_applied_once(pg_dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        assert await migrate(conn) == len(MIGRATIONS)
+        assert await migrate(conn) == len(MIGRATIONS)  # nothing left to apply
+    assert rows(pg_dsn, "SELECT version FROM runner_schema") == [(len(MIGRATIONS),)]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE runner_schema SET version = 99")
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(RuntimeError, match="schema version 99, newer than this runner"):
+            await migrate(conn)
+
+
+async def test_each_occurrence_is_claimed_by_exactly_one_of_several_replicas(pg_dsn: str) -> None:
+    stores = [await replica(pg_dsn, f"r{i}") for i in range(4)]
+    try:
+        for store in stores:
+            store.save_job(record())
+        await flush(*stores)
+        occs = {s.replica_id: [occurrence(T0 + i) for i in range(50)] for s in stores}
+        for store in stores:  # every replica plans every occurrence
+            for occ in occs[store.replica_id]:
+                store.plan(occ, record())
+        verdicts = {
+            s.replica_id: await asyncio.gather(*(s.claimed(o) for o in occs[s.replica_id]))
+            for s in stores
+        }
+    finally:
+        for store in stores:
+            await store.aclose()
+    for i in range(50):
+        assert sum(verdicts[s.replica_id][i] for s in stores) == 1, i
+    owners = rows(pg_dsn, "SELECT owner, count(*) FROM occurrences GROUP BY owner")
+    assert sum(n for _, n in owners) == 50
+    tokens = rows(pg_dsn, "SELECT count(DISTINCT fencing) FROM occurrences")
+    assert tokens == [(50,)]
+
+
+async def test_an_expired_lease_is_taken_over_with_a_new_token_and_the_same_key(
+    pg_dsn: str,
+) -> None:
+    a = await replica(pg_dsn, "a")
+    b = await replica(pg_dsn, "b", lease_s=3.0)
+    try:
+        a.save_job(record())
+        occ = occurrence(T0)
+        a.plan(occ, record())
+        assert await a.claimed(occ)
+        [(old_token,)] = rows(pg_dsn, "SELECT fencing FROM occurrences")
+        # a dies (no renewals): its lease runs out.
+        a._tasks[1].cancel()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE occurrences SET lease_until = now() - interval '1 s'")
+        assert b.replica is not None
+        replica_b: Any = b.replica
+        await asyncio.wait_for(_until(lambda: replica_b.adopted), 5)
+        [taken] = replica_b.adopted
+        assert taken.idempotency_key == occ.idempotency_key
+        [(owner, token)] = rows(pg_dsn, "SELECT owner, fencing FROM occurrences")
+        assert owner == "b" and token > old_token
+        # a comes back and writes its result: fenced out, the row is b's.
+        occ.state, occ.attempts, occ.finished_ms = "succeeded", 1, T0 + 5
+        a.finish(occ, record())
+        await flush(a)
+        assert rows(pg_dsn, "SELECT state, owner FROM occurrences") == [("planned", "b")]
+        assert rows(pg_dsn, "SELECT execution_count FROM jobs") == [(0,)]
+        # b's own result lands.
+        taken.state, taken.attempts, taken.finished_ms = "succeeded", 1, T0 + 6
+        b.finish(taken, record())
+        await flush(b)
+        assert rows(pg_dsn, "SELECT state, owner FROM occurrences") == [("succeeded", "b")]
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_counts_add_up_across_replicas_and_limit_and_pause_are_shared(
+    pg_dsn: str,
+) -> None:
+    a, b = await replica(pg_dsn, "a"), await replica(pg_dsn, "b")
+    try:
+        a.save_job(record())
+        await flush(a)
+        for store, ms in ((a, T0), (b, T0 + 1)):
+            occ = occurrence(ms)
+            store.plan(occ, record(), limit=3)
+            assert await store.claimed(occ)
+            occ.state, occ.attempts, occ.finished_ms = "succeeded", 1, ms + 1
+            store.finish(occ, record())
+        await flush(a, b)
+        assert rows(pg_dsn, "SELECT execution_count FROM jobs") == [(2,)]
+        third, fourth = occurrence(T0 + 2), occurrence(T0 + 3)
+        a.plan(third, record(), limit=3)
+        assert await a.claimed(third)
+        b.plan(fourth, record(), limit=3)
+        assert not await b.claimed(fourth)  # 2 ran + 1 open = limit
+        b.set_paused("j", True)
+        await flush(b)
+        fifth = occurrence(T0 + 4)
+        a.plan(fifth, record())
+        assert not await a.claimed(fifth)  # paused on b: a claims nothing
+        manual = occurrence(T0 + 5, trigger="manual")
+        a.plan(manual, record())
+        assert await a.claimed(manual)  # a manual run is the operator's call
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_second_sighting_with_another_phase_loses_and_adopts_the_first(
+    pg_dsn: str,
+) -> None:
+    a, b = await replica(pg_dsn, "a"), await replica(pg_dsn, "b")
+    try:
+        a.save_job(record(anchor_ms=T0))
+        await flush(a)
+        b.save_job(record(anchor_ms=T0 + 700))  # b saw the new file 0.7 s later
+        late = occurrence(T0 + 700)
+        b.plan(late, record(anchor_ms=T0 + 700))
+        assert not await b.claimed(late)
+        replica_b: Any = b.replica
+        assert [s.anchor_ms for s in replica_b.shared_jobs][:1] == [T0]
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_cut_off_replica_stops_claiming_drops_leases_and_recovers(
+    pg_database: str, pg_proxy: CuttableProxy
+) -> None:
+    store = await replica(dsn_for(pg_database, pg_proxy.port), "cut", lease_s=3.0)
+    fake: Any = store.replica
+    try:
+        store.save_job(record())
+        occ = occurrence(T0)
+        store.plan(occ, record())
+        assert await store.claimed(occ)
+        assert store.may_start(occ) and store.writable()
+        pg_proxy.cut()
+        await asyncio.wait_for(_until(lambda: not store.writable()), 3.0)
+        assert store.status()[0] is False and "unreachable" in store.status()[1]
+        # Before the database's lease (3 s) can run out, the replica gives it up.
+        await asyncio.wait_for(_until(lambda: fake.lost), 3.0)
+        assert not store.may_start(occ)
+        pg_proxy.restore()
+        await asyncio.wait_for(_until(lambda: store.writable()), 5.0)
+        assert fake.availability == [False, True]
+    finally:
+        pg_proxy.restore()
+        await store.aclose()
+
+
+async def _until(predicate: Any) -> None:
+    for _ in itertools.count():
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
