@@ -62,5 +62,7 @@ def test_sigkill_and_restart_keep_counts_one_shots_and_catchup(
     assert skipped_ms and all(ms / 1000 > killed_at - 1.5 for ms in skipped_ms)
     called = set(calls_for(emulator, "skipper"))
     assert not any(f"ductape-runner:skipper:{ms}" in called for ms in skipped_ms)
-    [catchup] = [e for e in d.events("schedule.catchup") if e["job"] == "skipper"]
-    assert catchup["policy"] == "skip" and catchup["run"] == 0
+    # One event at start-up; an instant just inside the start-up grace may be judged
+    # late a few ms later by the loop and make a second: both must skip.
+    catchups = [e for e in d.events("schedule.catchup") if e["job"] == "skipper"]
+    assert catchups and all(e["policy"] == "skip" and e["run"] == 0 for e in catchups)
