@@ -1,0 +1,156 @@
+"""Hostile-input suite: bad files, odd files, many files and a file that never stops changing.
+
+CI size: 3,000 files and a 3 s rewrite storm. Full size (100,000 files, 10 s storm):
+
+    RUNNER_SUITE_FULL=1 .venv/bin/pytest -s tests/test_suite_hostile.py
+
+Throughout, a `heartbeat` job (every 1 s) proves the daemon still works, not just that
+its process exists. `pytest -s` prints the memory figures.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.loader import load_file
+from tests.daemon_helpers import wait_for
+from tests.emulator_fixture import RunningEmulator
+from tests.suite_helpers import (  # noqa: F401 (quiet_emulator_log: an autouse fixture)
+    FULL,
+    QUOTA,
+    SuiteDaemon,
+    drop_root_reads,
+    quiet_emulator_log,
+    size,
+)
+
+CORPUS = Path(__file__).parent / "corpus" / "invalid"
+HEARTBEAT = QUOTA + "schedule: {every: 1s}\n"
+FAR = QUOTA + "schedule: {cron: '0 0 1 1 *'}\n"  # yearly: loaded and scheduled, never fired
+MANY = size(3_000, 100_000)
+STORM_S = size(3, 10)
+
+
+def heartbeats(emulator: RunningEmulator) -> int:
+    return sum(1 for c in emulator.calls() if ":heartbeat:" in (c["idempotency_key"] or ""))
+
+
+def expectation(path: Path) -> str:
+    return path.read_text(encoding="utf-8").splitlines()[0].removeprefix("# expect: ")
+
+
+@pytest.mark.slow
+def test_corpus_symlink_loops_fifo_and_unreadable_file_are_named_and_it_keeps_running(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    # Root reads a mode-000 file anyway: as root, the daemon runs without DAC override.
+    prefix = drop_root_reads()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    d.prefix = prefix
+    (d.jobs / "corpus").mkdir()
+    for path in CORPUS.iterdir():
+        shutil.copy(path, d.jobs / "corpus" / path.name)
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    (d.jobs / "loop").symlink_to(d.jobs)  # a directory loop
+    (d.jobs / "cycle-a.yaml").symlink_to(d.jobs / "cycle-b.yaml")  # a file symlink loop
+    (d.jobs / "cycle-b.yaml").symlink_to(d.jobs / "cycle-a.yaml")
+    os.mkfifo(d.jobs / "pipe.yaml")
+    d.write_job("unreadable.yaml", FAR).chmod(0o000)
+    d.start(timeout=20)
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 2)
+        invalid = {e["path"]: e["error"] for e in d.control("/status")["invalid_files"]}
+        for path in CORPUS.iterdir():
+            shown = str(d.jobs / "corpus" / path.name)
+            assert invalid.get(shown, "").startswith(f"{shown}:{expectation(path)}"), shown
+        named = {Path(p).name: e for p, e in invalid.items()}
+        assert "not a regular file" in named["pipe.yaml"]
+        assert "Permission denied" in named["unreadable.yaml"]
+        assert "symbolic links" in named["cycle-a.yaml"]
+        assert len(invalid) == len(list(CORPUS.iterdir())) + 4  # nothing twice via the loop
+        reloads = len(d.events("reload.finished"))
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: len(d.events("reload.finished")) > reloads)
+        seen = heartbeats(emulator)
+        wait_for(lambda: heartbeats(emulator) >= seen + 2)
+        print(f"\nhostile corpus: {len(invalid)} files named, peak RSS {d.peak_rss_mib():.0f} MiB")
+        assert d.alive()
+    finally:
+        d.stop()
+
+
+@pytest.mark.slow
+def test_a_folder_of_many_files_loads_with_bounded_memory_and_names_the_bad_ones(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    bad = set(range(0, MANY, 1000))
+    for i in range(MANY):
+        text = QUOTA + "schedule: {cron: '61 * * * *'}\n" if i in bad else FAR
+        d.write_job(f"f-{i:06d}.yaml", text)
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    started = time.monotonic()
+    d.start(timeout=60 + MANY / 500)
+    load_s = time.monotonic() - started
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 2, timeout=30)
+        summary = d.control("/status")
+        named = {Path(f["path"]).name for f in summary["invalid_files"]}
+        assert named == {f"f-{i:06d}.yaml" for i in bad}
+        peak = d.peak_rss_mib()
+        print(
+            f"\nhostile many files ({'full' if FULL else 'CI'}): {MANY} files in {load_s:.1f} s, "
+            f"peak RSS {peak:.0f} MiB ({(peak - 60) * 1024 / MANY:.1f} KiB per file above 60 MiB)"
+        )
+        # Bounded: a few KiB per job, not the files' text (measured in bench/RESULTS.md).
+        assert peak < 150 + MANY * 12 / 1024
+        assert d.alive()
+    finally:
+        d.stop(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_file_rewritten_every_10_ms_neither_stalls_nor_grows_the_daemon(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_QUIET_PERIOD_S": "0.1"})
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    storm = d.write_job("storm.yaml", storm_text(0))
+    d.start()
+    wait_for(lambda: heartbeats(emulator) >= 2)
+    before_rss, before_beats = d.rss_mib(), heartbeats(emulator)
+    version, deadline = 0, time.monotonic() + STORM_S
+    while time.monotonic() < deadline:
+        version += 1
+        storm.write_text(storm_text(version) if version % 7 else "kind: quota\nschedule: [\n")
+        time.sleep(0.01)
+    try:
+        beats = heartbeats(emulator) - before_beats
+        assert beats >= STORM_S - 2, f"heartbeat stalled: {beats} calls in {STORM_S} s"
+        storm.write_text("kind: quota\nschedule: {every: 0}\n")  # turns invalid: named, kept
+        wait_for(lambda: "storm.yaml" in str(d.control("/status")["invalid_files"]))
+        final = storm_text(version + 1)
+        storm.write_text(final)
+        digest = load_file(storm, data=final.encode()).jobs[0].digest
+        wait_for(
+            lambda: d.query("SELECT definition_hash FROM jobs WHERE name = 'storm'") == [(digest,)]
+        )
+        time.sleep(1.0)
+        growth = d.rss_mib() - before_rss
+        print(f"\nhostile storm: {version} rewrites in {STORM_S} s, RSS growth {growth:.1f} MiB")
+        assert growth < 40
+        assert d.alive()
+    finally:
+        d.stop()
+
+
+def storm_text(version: int) -> str:
+    return QUOTA + f"schedule: {{cron: '0 0 1 1 *'}}\ninput: {{version: {version}}}\n"
