@@ -129,7 +129,7 @@ class SqliteStore:
             self.db.executemany(_SAVE_JOB, [_job_row(r) for r in records])
 
     def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
-        with self._tx():
+        with self._unit():
             cursor = self.db.execute(_PLAN_OCC, _occ_row(occurrence))
             if cursor.rowcount != 1:
                 return False
@@ -141,7 +141,7 @@ class SqliteStore:
         self.db.execute(_SAVE_OCC, _occ_row(occurrence))
 
     def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
-        with self._tx():
+        with self._unit():
             self.db.execute(_SAVE_OCC, _occ_row(occurrence))
             self.db.execute(_SAVE_JOB, _job_row(record))
 
@@ -202,6 +202,20 @@ class SqliteStore:
         finally:
             self.db.execute(f"RELEASE {name}")
             self._savepoints -= 1
+
+    @contextlib.contextmanager
+    def _unit(self) -> Iterator[None]:
+        """Two statements that belong together, on the hot path (plan, finish).
+
+        Inside the tick's transaction they simply join it: a savepoint would double
+        the statements per occurrence (measured: 12 instead of 6), and both statements
+        fail only together with the disk. Outside a loop, a transaction of their own.
+        """
+        if self._tick_tx():
+            yield
+            return
+        with self._tx():
+            yield
 
     def _tick_tx(self) -> bool:
         """Join, or open, the transaction of this event-loop tick; False outside a loop.
