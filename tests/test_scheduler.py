@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -378,3 +379,16 @@ async def test_a_bug_in_a_run_fails_that_occurrence_instead_of_stranding_it(
     assert states == [("failed", "internal error: KeyError: 'boom'")] * 2
     assert h.store.load_jobs()["j"].execution_count == 2
     await h.stop()
+
+
+async def test_closing_the_store_commits_and_a_late_tick_commit_is_harmless(tmp_path: Path) -> None:
+    from runner.store import Occurrence
+    from runner.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    store.update_occurrence(Occurrence("j", 1, "k", created_ms=1))  # opens this tick's transaction
+    store.close()  # commits it
+    await asyncio.sleep(0)  # the queued tick commit runs on a closed store: no error
+    reopened = SqliteStore(tmp_path / "s.sqlite3")
+    assert reopened.get_occurrence("j", 1) is not None
+    reopened.close()

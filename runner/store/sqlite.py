@@ -95,6 +95,7 @@ class SqliteStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self._savepoints = 0
+        self._closed = False
         self.migrate()
 
     def migrate(self) -> int:
@@ -113,6 +114,7 @@ class SqliteStore:
 
     def close(self) -> None:
         self.commit()
+        self._closed = True
         self.db.close()
 
     def load_jobs(self) -> dict[str, JobRecord]:
@@ -237,8 +239,8 @@ class SqliteStore:
         return True
 
     def commit(self) -> None:
-        """Commit the pending tick transaction, if any."""
-        if self.db.in_transaction:
+        """Commit the pending tick transaction, if any (a no-op once closed)."""
+        if not self._closed and self.db.in_transaction:
             self.db.execute("COMMIT")
 
 
