@@ -38,7 +38,7 @@ class Limits:
     max_file_bytes: int = 1024 * 1024
     max_depth: int = 32
     max_nodes: int = 100_000
-    max_jobs_per_file: int = 1_000
+    max_jobs_per_file: int = 10_000  # the 1 MiB size limit binds first for small jobs
 
 
 @dataclass(frozen=True)

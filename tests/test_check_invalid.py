@@ -142,3 +142,11 @@ def test_duplicate_names_across_files_name_both_files(tmp_path: Path) -> None:
 def test_file_size_limit_is_a_setting(tmp_path: Path) -> None:
     path = write(tmp_path / "small.yaml", b"kind: quota\ntag: t\n# " + b"x" * 2000 + b"\n")
     assert "1024 byte limit" in str(load_file(path, Limits(max_file_bytes=1024)).problems[0])
+
+
+def test_a_file_may_hold_thousands_of_jobs_but_not_more_than_the_limit(tmp_path: Path) -> None:
+    jobs = "".join(f"  - {{name: j{i}, kind: quota, tag: t}}\n" for i in range(2_000))
+    path = write(tmp_path / "many.yaml", ("jobs:\n" + jobs).encode())
+    assert len(load_file(path).jobs) == 2_000
+    [problem] = load_file(path, Limits(max_jobs_per_file=1_000)).problems
+    assert str(problem) == f"{path}:1:1: jobs: more than 1000 jobs in one file"
