@@ -11,7 +11,6 @@ import contextlib
 import gc
 import signal
 import socket
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,6 @@ class Daemon:
         self.requests_stop_seen = False
         self.loaded = False
         self.invalid: dict[str, str] = {}
-        self.last_reload: datetime | None = None
         self.notifier = Notifier(environ.get("NOTIFY_SOCKET"))
         self.watchdog_s = watchdog_interval_s(
             environ.get("WATCHDOG_USEC"), environ.get("WATCHDOG_PID")
@@ -326,9 +324,8 @@ class Daemon:
         self.invalid = {}
         for problem in plan.problems:
             self.invalid.setdefault(problem.path, str(problem))
-        self.last_reload = self.clock.now()
         if hasattr(self, "metrics"):
-            self.metrics.reloaded(self.last_reload.timestamp(), len(self.invalid))
+            self.metrics.reloaded(self.clock.now().timestamp(), len(self.invalid))
             self.notifier.status(self.view.status_line())
 
     async def reload(self) -> None:

@@ -108,15 +108,3 @@ def _parse_iso_timestamp(text: str) -> datetime:
             f"invalid timestamp {text!r}: use ISO 8601 such as '2026-01-15T10:00:00Z' "
             "or milliseconds since the epoch"
         ) from None
-
-
-def format_duration(ms: int) -> str:
-    """Render milliseconds compactly for humans ('1h30m', '250ms')."""
-    if ms % 1000:
-        return f"{ms}ms"
-    seconds, out = ms // 1000, ""
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            out += f"{seconds // size}{unit}"
-            seconds %= size
-    return out or "0s"

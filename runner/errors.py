@@ -13,7 +13,11 @@ from dataclasses import dataclass
 
 
 class RunnerError(Exception):
-    """Base of every error the runner raises on purpose."""
+    """Base of every error the runner raises on purpose.
+
+    Problems with job files are not raised: the loader returns them as Problem values
+    (path:line:col: field: message), so one bad file never stops the others.
+    """
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,6 @@ class Problem:
             "field": self.field,
             "message": self.message,
         }
-
-
-class JobFileError(RunnerError):
-    """A job file has one or more problems."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 class ScheduleError(RunnerError, ValueError):

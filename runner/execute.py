@@ -111,14 +111,16 @@ class DuctapeExecutor:
         occ.state, occ.next_attempt_ms = "running", None
         self.store.update_occurrence(occ)
         started = self.clock.monotonic()
+        error: DuctapeError | None = None
         try:
             await self.client.execute(
                 op, idempotency_key=occ.idempotency_key, timeout_s=job.timeout / 1000
             )
         except DuctapeError as exc:
-            self.hooks.on_attempt(job, self.clock.monotonic() - started)
-            return exc
+            error = exc
         self.hooks.on_attempt(job, self.clock.monotonic() - started)
+        if error is not None:
+            return error
         occ.state, occ.last_error = "succeeded", None
         return None
 

@@ -75,17 +75,16 @@ class FileResult:
 
 @dataclass
 class FolderResult:
-    """A whole folder: files in path order, plus the folder-level problems."""
+    """A whole folder: its files in path order (duplicate names are the later file's problem)."""
 
     files: list[FileResult] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
 
     @property
     def jobs(self) -> dict[str, LoadedJob]:
         return {j.job.name: j for f in self.files if f.ok for j in f.jobs}
 
     def all_problems(self) -> list[Problem]:
-        return [p for f in self.files for p in f.problems] + self.problems
+        return [p for f in self.files for p in f.problems]
 
 
 def is_job_file_name(name: str) -> bool:

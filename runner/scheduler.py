@@ -186,12 +186,10 @@ class Scheduler:
         sched_hash = schedule_hash(loaded.job)
         record = self.records.get(name) or self._new_record(loaded, now, sched_hash)
         outcome = "added" if entry is None else "updated"
-        if record.removed_ms is not None:
-            record.removed_ms = None
+        record.removed_ms = None
         new_schedule = record.schedule_hash != sched_hash
-        if new_schedule or (
-            loaded.job.schedule.recurring is False and self._definition_changed(record, loaded)
-        ):
+        new_one_shot = not loaded.job.schedule.recurring and record.definition_hash != loaded.digest
+        if new_schedule or new_one_shot:
             self._restart_schedule(record, loaded, now, sched_hash)
         record.definition_hash = loaded.digest
         record.path = loaded.path
@@ -217,23 +215,20 @@ class Scheduler:
         return True
 
     def pause(self, name: str) -> JobRecord:
-        entry = self._entry(name)
-        entry.record.paused = True
-        self._reschedule(entry, self.clock.now(), catch_up=False)
-        self.store.save_job(entry.record)
-        if self.claims is not None:
-            self.claims.set_paused(name, True)
-        log.info("job.paused", job=name)
-        return entry.record
+        return self._set_paused(name, True)
 
     def resume(self, name: str) -> JobRecord:
+        return self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> JobRecord:
+        """A runtime pause (shared with other replicas); a file's `suspend` still wins."""
         entry = self._entry(name)
-        entry.record.paused = False
+        entry.record.paused = paused
         self._reschedule(entry, self.clock.now(), catch_up=False)
         self.store.save_job(entry.record)
         if self.claims is not None:
-            self.claims.set_paused(name, False)
-        log.info("job.resumed", job=name, next_run_at=_iso(entry.due))
+            self.claims.set_paused(name, paused)
+        log.info("job.paused" if paused else "job.resumed", job=name, next_run_at=_iso(entry.due))
         return entry.record
 
     def trigger(self, name: str) -> Occurrence:
@@ -261,9 +256,6 @@ class Scheduler:
             path=loaded.path,
         )
 
-    def _definition_changed(self, record: JobRecord, loaded: LoadedJob) -> bool:
-        return record.definition_hash != loaded.digest
-
     def _restart_schedule(
         self, record: JobRecord, loaded: LoadedJob, now: datetime, sched_hash: str
     ) -> None:
@@ -284,7 +276,6 @@ class Scheduler:
             entry.won = old.won
         else:
             entry.pending = self._open_counts.pop(loaded.job.name, 0)
-        entry.version = next(self._versions)
         self.entries[loaded.job.name] = entry
         return entry
 

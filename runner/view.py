@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runner.control import job_dict, occurrence_dict, summary_dict
-from runner.scheduler import Scheduler
+from runner.scheduler import Scheduler, to_ms
 from runner.store.postgres import StoreUnavailable
 
 
@@ -90,7 +90,7 @@ class DaemonView:
     def status_line(self) -> str:
         """For systemd's STATUS=: '312 jobs, 2 invalid files, next run in 4 s'."""
         deadline = self.scheduler.next_deadline_ms()
-        now_ms = int(self.scheduler.clock.now().timestamp() * 1000)
+        now_ms = to_ms(self.scheduler.clock.now())
         invalid = len(self._invalid())
         text = f"{len(self.scheduler.entries)} jobs, {invalid} invalid files"
         if not self._store()[0]:

@@ -380,10 +380,6 @@ class FolderWatcher:
         self._arm_stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def poke(self) -> None:
-        """Mark the folder dirty (SIGHUP, an API call): same path as a file event."""
-        self.dirty.set()
-
     def stop(self) -> None:
         self._stopping = True
         self.dirty.set()

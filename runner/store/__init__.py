@@ -73,8 +73,6 @@ class Store(Protocol):
 
     def save_job(self, record: JobRecord) -> None: ...
 
-    def save_jobs(self, records: list[JobRecord]) -> None: ...
-
     def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
         """Insert the occurrence if absent and save its job, in one transaction.
 

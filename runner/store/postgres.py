@@ -338,10 +338,6 @@ class PostgresStore:
         row = _job_row(record)
         self._queue.put_nowait(_Write(lambda conn: self._save_job(conn, row)))
 
-    def save_jobs(self, records: list[JobRecord]) -> None:
-        for record in records:
-            self.save_job(record)
-
     def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
         """Queue the claim; True at once, the verdict comes through `claimed`."""
         key = (occurrence.job, occurrence.scheduled_ms)

@@ -126,10 +126,6 @@ class SqliteStore:
         self._tick_tx()
         self.db.execute(_SAVE_JOB, _job_row(record))
 
-    def save_jobs(self, records: list[JobRecord]) -> None:
-        with self._tx():
-            self.db.executemany(_SAVE_JOB, [_job_row(r) for r in records])
-
     def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
         with self._unit():
             cursor = self.db.execute(_PLAN_OCC, _occ_row(occurrence))
