@@ -235,16 +235,21 @@ def load_yaml(text: str, *, max_depth: int = 32, max_nodes: int = 100_000) -> li
                 return docs
             _dispatch(builder, event, docs)
     except yaml.MarkedYAMLError as exc:
-        raise _syntax_error(exc) from None
+        raise _syntax_error(exc, max_depth) from None
     except yaml.YAMLError as exc:
         raise SourceError(f"YAML error: {exc}", 1, 1) from None
     finally:
         loader.dispose()
 
 
-def _syntax_error(exc: yaml.MarkedYAMLError) -> SourceError:
+def _syntax_error(exc: yaml.MarkedYAMLError, max_depth: int) -> SourceError:
     mark: Any = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    if "nesting depth" in str(exc.problem):
+        # libyaml >= 0.2.6 (PyYAML 6.0.4 wheels) stops deep flow collections in its scanner,
+        # which reads a flow collection ahead before the builder sees depth `max_depth`.
+        # Same fault, same message, whichever layer notices first.
+        return SourceError(f"nesting deeper than {max_depth} levels", line, col)
     message = f"YAML syntax error: {exc.problem or exc.context}"
     start: Any = exc.context_mark
     if exc.context and start is not None and start.line + 1 != line:
