@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 
-from runner import emulator as emu
+from runner.ductape import emulator as emu
 from runner.ductape import wire
 
 PARAMS = [{"product": "p", "env": "dev", "tag": "t", "input": {}}]

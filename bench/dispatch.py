@@ -28,17 +28,17 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
-from runner import emulator as emu
-from runner.clock import SystemClock
+from runner.daemon.execute import DuctapeExecutor, RunHooks
+from runner.daemon.scheduler import Scheduler
+from runner.ductape import emulator as emu
 from runner.ductape import wire
 from runner.ductape.client import Credentials, DuctapeClient
 from runner.ductape.operations import build_operation
-from runner.execute import DuctapeExecutor, RunHooks
-from runner.loader import LoadedJob
-from runner.model import JOB_ADAPTER, Job
-from runner.scheduler import Scheduler
+from runner.jobs.loader import LoadedJob
+from runner.jobs.model import JOB_ADAPTER, Job
 from runner.store import Occurrence
 from runner.store.sqlite import SqliteStore
+from runner.timing.clock import SystemClock
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = JOB_ADAPTER.validate_python(
@@ -74,7 +74,7 @@ def free_port() -> int:
 
 
 def start_emulator(port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "runner.emulator", "--port", str(port)]
+    command = [sys.executable, "-m", "runner.ductape.emulator", "--port", str(port)]
     command += ["--no-access-log", "--log-level", "warning"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 10

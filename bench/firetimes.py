@@ -1,4 +1,4 @@
-"""Benchmark of runner.firetimes at 100,000 jobs; prints a Markdown table.
+"""Benchmark of runner.timing.firetimes at 100,000 jobs; prints a Markdown table.
 
 Run: .venv/bin/python bench/firetimes.py [jobs]
 
@@ -19,7 +19,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.firetimes import Recurrence, next_fire
+from runner.timing.firetimes import Recurrence, next_fire
 
 ZONES = [
     "UTC",

@@ -5,7 +5,7 @@
 
 For each workload (N one-shot jobs whose instants are spread uniformly over `--spread`
 seconds, then `--burst` jobs all due at one instant) and each side, one fresh emulator
-process (`python -m runner.emulator`, access log off) and one scheduler process:
+process (`python -m runner.ductape.emulator`, access log off) and one scheduler process:
 
 - runner: `python -m runner run` on a temp jobs folder (1,000 jobs per generated file,
   `schedule: {start_at: <ms>}`) and a temp state file, JSON logs to a file;
@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 
-from runner import emulator as emu
+from runner.ductape import emulator as emu
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_PER_FILE = 1000
@@ -99,7 +99,7 @@ def free_port() -> int:
 def emulator_process() -> Iterator[str]:
     """A fresh emulator in its own process; yields its base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "runner.emulator", "--port", str(port)]
+    command = [sys.executable, "-m", "runner.ductape.emulator", "--port", str(port)]
     command += ["--no-access-log", "--log-level", "warning"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

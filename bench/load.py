@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.loader import load_folder
+from runner.jobs.loader import load_folder
 
 KINDS = [
     "kind: action\napp: billing\nevent: charge\n",

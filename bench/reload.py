@@ -23,13 +23,13 @@ from pathlib import Path
 
 import structlog
 
-from runner.clock import SystemClock
-from runner.loader import load_file
-from runner.model import Job
-from runner.scheduler import RunControl, Scheduler
+from runner.daemon.scheduler import RunControl, Scheduler
+from runner.daemon.watch import FolderReconciler, FolderSync
+from runner.jobs.loader import load_file
+from runner.jobs.model import Job
 from runner.store import Occurrence
 from runner.store.sqlite import SqliteStore
-from runner.watch import FolderReconciler, FolderSync
+from runner.timing.clock import SystemClock
 
 
 def job_text(i: int, version: int) -> str:

@@ -26,7 +26,7 @@ import httpx
 import psutil
 import psycopg
 
-from runner import emulator as emu
+from runner.ductape import emulator as emu
 
 
 def free_port() -> int:

@@ -23,12 +23,12 @@ from pathlib import Path
 import psutil
 import structlog
 
-from runner.clock import SystemClock
-from runner.loader import LoadedJob
-from runner.model import JOB_ADAPTER, Job
-from runner.scheduler import RunControl, Scheduler
+from runner.daemon.scheduler import RunControl, Scheduler
+from runner.jobs.loader import LoadedJob
+from runner.jobs.model import JOB_ADAPTER, Job
 from runner.store import Occurrence
 from runner.store.sqlite import SqliteStore
+from runner.timing.clock import SystemClock
 
 CRONS = [
     "*/5 * * * *",

@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from runner.ductape.client import Credentials
-from runner.emulator import EmulatorConfig, make_server
+from runner.ductape.emulator import EmulatorConfig, make_server
 
 START_TIMEOUT_S = 5.0
 

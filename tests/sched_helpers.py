@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from runner.clock import FakeClock
-from runner.loader import LoadedJob, load_file
-from runner.model import Job
-from runner.scheduler import RunControl, Scheduler
+from runner.daemon.scheduler import RunControl, Scheduler
+from runner.jobs.loader import LoadedJob, load_file
+from runner.jobs.model import Job
 from runner.store import Occurrence
 from runner.store.sqlite import SqliteStore
+from runner.timing.clock import FakeClock
 
 
 @dataclass
@@ -38,7 +38,7 @@ class FakeExecutor:
     async def __call__(
         self, job: Job, occ: Occurrence, deadline: datetime | None, control: RunControl
     ) -> None:
-        from runner.scheduler import from_ms
+        from runner.daemon.scheduler import from_ms
 
         self.calls.append(
             Call(job.name, from_ms(occ.scheduled_ms), occ.idempotency_key, self.clock.now())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.loader import Limits, load_file, load_folder
+from runner.jobs.loader import Limits, load_file, load_folder
 
 CORPUS = Path(__file__).parent / "corpus" / "invalid"
 FILES = sorted(CORPUS.iterdir())

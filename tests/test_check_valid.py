@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.loader import Defaults, discover, is_job_file_name, load_file, load_folder
-from runner.model import ActionJob, Job, NotificationJob, WorkflowJob
-from runner.schema import render
+from runner.jobs.loader import Defaults, discover, is_job_file_name, load_file, load_folder
+from runner.jobs.model import ActionJob, Job, NotificationJob, WorkflowJob
+from runner.jobs.schema import render
 
 ROOT = Path(__file__).parent.parent
 JOBS_D = ROOT / "jobs.d"

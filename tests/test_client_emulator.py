@@ -21,7 +21,7 @@ from runner.ductape.client import (
     parse_retry_after,
 )
 from runner.ductape.operations import Operation, build_operation
-from runner.model import JOB_ADAPTER
+from runner.jobs.model import JOB_ADAPTER
 from tests import emulator_fixture
 from tests.emulator_fixture import RunningEmulator
 

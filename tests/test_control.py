@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from runner.control import (
+from runner.cli.ctl import run_ctl
+from runner.daemon.control import (
     ControlServer,
     ControlSocketError,
     build_control_app,
@@ -25,10 +26,9 @@ from runner.control import (
     serve_control,
     summary_dict,
 )
-from runner.ctl import run_ctl
-from runner.metrics import Metrics
-from runner.model import JOB_ADAPTER, Job
-from runner.secrets import SecretRegistry
+from runner.daemon.metrics import Metrics
+from runner.jobs.model import JOB_ADAPTER, Job
+from runner.jobs.secrets import SecretRegistry
 from runner.store import JobRecord, Occurrence
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from runner.errors import ScheduleError
-from runner.firetimes import Recurrence, fire_times, next_fire, validate_cron, validate_tz
+from runner.timing.firetimes import Recurrence, fire_times, next_fire, validate_cron, validate_tz
 
 NEW_YEAR = "2026-01-01 00:00+00:00"  # a Thursday
 

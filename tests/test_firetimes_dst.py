@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runner.firetimes import Recurrence, fire_times, next_fire
+from runner.timing.firetimes import Recurrence, fire_times, next_fire
 
 NY, AMS, LHI, KOL = "America/New_York", "Europe/Amsterdam", "Australia/Lord_Howe", "Asia/Kolkata"
 
@@ -322,7 +322,7 @@ def test_every_follows_elapsed_time_across_fall_back() -> None:
 def _walk(expr: str, tz: str, day: str, twice: bool, shift: bool) -> list[datetime]:
     """Reference: step UTC minute by minute and ask whether the wall clock matches.
 
-    Independent of the search in runner.firetimes: no wall-time arithmetic at all.
+    Independent of the search in runner.timing.firetimes: no wall-time arithmetic at all.
     Only expressions of the form 'M H * * *' with M, H lists are understood.
     """
     minute_field, hour_field = expr.split()[:2]

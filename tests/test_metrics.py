@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from runner.metrics import LATENESS_BUCKETS, Metrics
+from runner.daemon.metrics import LATENESS_BUCKETS, Metrics
 
 JOBS = [
     ("report", "scheduled", 1_772_355_600.0),

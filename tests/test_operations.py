@@ -13,7 +13,7 @@ from runner.ductape.operations import (
     build_operation,
     find_spec,
 )
-from runner.model import CANONICAL_KINDS, JOB_ADAPTER, Job
+from runner.jobs.model import CANONICAL_KINDS, JOB_ADAPTER, Job
 
 KEY = "job-1:2026-01-01T00:00:00Z"
 COMMON = {"product": "shop", "env": "prd"}

@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from runner.clock import SystemClock
 from runner.store import JobRecord, Occurrence, SharedJob
 from runner.store.postgres import MIGRATIONS, PostgresStore, migrate
+from runner.timing.clock import SystemClock
 from tests import pg_helpers
 from tests.pg_helpers import CuttableProxy, dsn_for
 

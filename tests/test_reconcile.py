@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.loader import LoadedJob, load_file
-from runner.reconcile import FileState, Plan, compute_plan
+from runner.daemon.reconcile import FileState, Plan, compute_plan
+from runner.jobs.loader import LoadedJob, load_file
 
 
 def jobs(path: str, *names: str, tag: str = "t") -> list[LoadedJob]:

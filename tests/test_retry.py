@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from runner.model import RetryPolicy
-from runner.retry import backoff_delay, plan_retry
+from runner.jobs.model import RetryPolicy
+from runner.timing.retry import backoff_delay, plan_retry
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DUCTAPE_DEFAULT = RetryPolicy()  # 1 s, x2, at most 300 s, jitter 0.1

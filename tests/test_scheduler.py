@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.clock import FakeClock
-from runner.scheduler import from_ms, to_ms
+from runner.daemon.scheduler import from_ms, to_ms
+from runner.timing.clock import FakeClock
 from tests.sched_helpers import FakeExecutor, Harness, jobs_from
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)

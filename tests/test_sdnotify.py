@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from runner.sdnotify import Notifier, watchdog_interval_s
+from runner.daemon.sdnotify import Notifier, watchdog_interval_s
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from runner.errors import SecretError
-from runner.secrets import (
+from runner.jobs.secrets import (
     REDACTED,
     SecretRegistry,
     is_secret_key,

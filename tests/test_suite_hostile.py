@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.loader import load_file
+from runner.jobs.loader import load_file
 from tests.daemon_helpers import wait_for
 from tests.emulator_fixture import RunningEmulator
 from tests.suite_helpers import (  # noqa: F401 (quiet_emulator_log: an autouse fixture)

@@ -15,14 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.clock import FakeClock, SystemClock
-from runner.loader import discover
-from runner.model import Job
-from runner.reconcile import Plan
-from runner.scheduler import RunControl, Scheduler
-from runner.store import Occurrence
-from runner.store.sqlite import SqliteStore
-from runner.watch import (
+from runner.daemon.reconcile import Plan
+from runner.daemon.scheduler import RunControl, Scheduler
+from runner.daemon.watch import (
     FolderReconciler,
     FolderSync,
     FolderWatcher,
@@ -31,6 +26,11 @@ from runner.watch import (
     plan_folder,
     watch_targets,
 )
+from runner.jobs.loader import discover
+from runner.jobs.model import Job
+from runner.store import Occurrence
+from runner.store.sqlite import SqliteStore
+from runner.timing.clock import FakeClock, SystemClock
 
 QUIET = 0.1
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.model import (
+from runner.jobs.model import (
     STORAGE_OPERATIONS,
     ActionJob,
     DatabaseJob,

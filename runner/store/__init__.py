@@ -1,6 +1,8 @@
 """Durable state: the records the scheduler keeps and the interface every backend implements.
 
 Times are integer milliseconds since the epoch (UTC) everywhere in the store.
+Backends: `sqlite` (one daemon) and `postgres` (replicas). May import `runner.errors`,
+`runner.jobs` and `runner.timing`; never `runner.ductape`, the daemon or the CLI.
 """
 
 from __future__ import annotations

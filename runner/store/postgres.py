@@ -39,9 +39,9 @@ import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from runner.clock import Clock
 from runner.errors import RunnerError
 from runner.store import OPEN_STATES, JobRecord, Occurrence, Replica, SharedJob
+from runner.timing.clock import Clock
 
 log = structlog.get_logger("runner.store")
 

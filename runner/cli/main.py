@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from runner import __version__
 from runner.errors import Problem, RunnerError
-from runner.loader import Defaults, Limits, load_folder
+from runner.jobs.loader import Defaults, Limits, load_folder
 from runner.settings import Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -124,14 +124,14 @@ def _gh_escape(text: str) -> str:
 
 
 def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.schema import render
+    from runner.jobs.schema import render
 
     sys.stdout.write(render())
     return 0
 
 
 def _emulator_args(parser: argparse.ArgumentParser) -> None:
-    from runner import emulator as emu
+    from runner.ductape import emulator as emu
 
     parser.add_argument("--host", default=emu.DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=emu.DEFAULT_PORT)
@@ -142,7 +142,7 @@ def _emulator_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
-    from runner import emulator as emu
+    from runner.ductape import emulator as emu
 
     emu.run_emulator(
         args.host, args.port, args.workspace_id, args.user_id, args.public_key, args.access_token
@@ -153,9 +153,9 @@ def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from runner.daemon import Daemon
-    from runner.logs import configure
-    from runner.secrets import SecretRegistry
+    from runner.daemon.logs import configure
+    from runner.daemon.service import Daemon
+    from runner.jobs.secrets import SecretRegistry
 
     if args.dry_run:
         settings = settings.model_copy(update={"dry_run": True})
@@ -173,13 +173,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.planning import print_plan
+    from runner.cli.planning import print_plan
 
     return print_plan(settings)
 
 
 def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.ctl import run_ctl
+    from runner.cli.ctl import run_ctl
     from runner.settings import control_socket_path
 
     socket = args.socket or control_socket_path(settings, dict(os.environ), client=True)
@@ -196,7 +196,7 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_next(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.nextcmd import NextError, upcoming
+    from runner.cli.nextcmd import NextError, upcoming
 
     try:
         lines = upcoming(args.job, settings, n=args.n, after=args.after, as_json=args.json)

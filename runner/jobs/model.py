@@ -19,7 +19,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from runner.durations import parse_duration, parse_timestamp
+from runner.jobs.durations import parse_duration, parse_timestamp
 
 CANONICAL_KINDS = (
     "action",
@@ -228,7 +228,7 @@ class Schedule(_Strict):
     def _cron(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        from runner.firetimes import validate_cron  # croniter stays in one module
+        from runner.timing.firetimes import validate_cron  # croniter stays in one module
 
         try:
             validate_cron(value, info.data.get("tz", "UTC"))

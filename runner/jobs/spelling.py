@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.model import KIND_ALIASES, SUPPORTED_KINDS_TEXT, UNSUPPORTED_KINDS
+from runner.jobs.model import KIND_ALIASES, SUPPORTED_KINDS_TEXT, UNSUPPORTED_KINDS
 
 Path = tuple[str | int, ...]
 

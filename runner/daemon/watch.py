@@ -2,7 +2,7 @@
 
 watchfiles says *that* something changed, not reliably *what*, so any event only marks
 the folder dirty: after a quiet period the whole folder is rescanned (through symlinks),
-diffed against the schedule (runner.reconcile) and the plan applied. Measured facts
+diffed against the schedule (runner.daemon.reconcile) and the plan applied. Measured facts
 behind the odd parts (see the folder-watch issue): a watch through a symlink dies after
 the first flip, Kubernetes ConfigMap swaps only touch `..data`, `rm -rf` of the folder
 kills its watch silently, a half-written YAML file can still parse, and the default
@@ -26,12 +26,12 @@ from typing import Literal
 import structlog
 import watchfiles
 
-from runner.clock import Clock, SystemClock
+from runner.daemon.reconcile import FileState, Plan, compute_plan
+from runner.daemon.scheduler import Scheduler
 from runner.errors import Problem
-from runner.loader import Defaults, Limits, discover_names, load_file, read_bounded
-from runner.reconcile import FileState, Plan, compute_plan
-from runner.scheduler import Scheduler
-from runner.yamlsrc import SourceError
+from runner.jobs.loader import Defaults, Limits, discover_names, load_file, read_bounded
+from runner.jobs.yamlsrc import SourceError
+from runner.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("runner.watch")
 

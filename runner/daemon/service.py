@@ -17,23 +17,23 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
-from runner.clock import Clock, SystemClock
-from runner.control import build_control_app, serve_control
+from runner.daemon.control import build_control_app, serve_control
+from runner.daemon.execute import DuctapeExecutor, RunHooks
+from runner.daemon.metrics import Metrics
+from runner.daemon.reconcile import Plan
+from runner.daemon.scheduler import Scheduler, to_ms
+from runner.daemon.sdnotify import Notifier, watchdog_interval_s
+from runner.daemon.view import DaemonView
+from runner.daemon.watch import FolderReconciler, FolderSync
 from runner.ductape.client import Credentials, DuctapeClient
-from runner.execute import DuctapeExecutor, RunHooks
-from runner.loader import Defaults, Limits, LoadedJob
-from runner.metrics import Metrics
-from runner.model import Job
-from runner.reconcile import Plan
-from runner.scheduler import Scheduler, to_ms
-from runner.sdnotify import Notifier, watchdog_interval_s
-from runner.secrets import SecretRegistry
+from runner.jobs.loader import Defaults, Limits, LoadedJob
+from runner.jobs.model import Job
+from runner.jobs.secrets import SecretRegistry
 from runner.settings import Settings, control_socket_path
 from runner.store import Occurrence, Store
 from runner.store.postgres import PostgresStore, StoreUnavailable, display_dsn, is_dsn
 from runner.store.sqlite import SqliteStore
-from runner.view import DaemonView
-from runner.watch import FolderReconciler, FolderSync
+from runner.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("runner.daemon")
 
@@ -181,7 +181,7 @@ class Daemon:
 
     async def _start_emulator(self) -> Any:
         """The built-in Ductape emulator on a free loopback port, with the demo credentials."""
-        from runner import emulator
+        from runner.ductape import emulator
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.bind(("127.0.0.1", 0))

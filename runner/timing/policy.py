@@ -5,8 +5,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from runner.model import Catchup
+if TYPE_CHECKING:  # the model's types only: timing sits below jobs at run time
+    from runner.jobs.model import Catchup
+
 
 CATCHUP_ALL_CAP = 100
 # How late an occurrence may start and still count as on time; later ones count as

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from runner.secrets import SecretRegistry, redact_processor
+from runner.jobs.secrets import SecretRegistry, redact_processor
 
 
 def configure(registry: SecretRegistry, *, json: bool | None = None, level: str = "info") -> None:

@@ -12,11 +12,11 @@ from typing import Any
 from pydantic_core import PydanticCustomError
 
 from runner.errors import SecretError
-from runner.model import find_secret_refs
+from runner.jobs.model import find_secret_refs
 
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words in every log line
-_REF = re.compile(r"\$\{([^}]*)\}")  # same shape as runner.model's, which validates them
+_REF = re.compile(r"\$\{([^}]*)\}")  # same shape as runner.jobs.model's, which validates them
 SECRET_KEYS = frozenset(
     {
         "token",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.loader import Defaults, Limits
+from runner.daemon.watch import plan_folder
+from runner.jobs.loader import Defaults, Limits
 from runner.settings import Settings
-from runner.watch import plan_folder
 
 
 def current_from_state(state: str) -> tuple[dict[str, str], dict[str, str]]:

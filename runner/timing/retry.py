@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from runner.model import RetryPolicy
+if TYPE_CHECKING:  # the model's types only: timing sits below jobs at run time
+    from runner.jobs.model import RetryPolicy
 
 
 @dataclass(frozen=True)

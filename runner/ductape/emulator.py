@@ -445,7 +445,7 @@ def run_emulator(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runner.emulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m runner.ductape.emulator", description=__doc__)
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--workspace-id", default=DEMO_WORKSPACE_ID)

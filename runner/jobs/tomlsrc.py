@@ -6,7 +6,7 @@ import re
 import tomllib
 from typing import Any
 
-from runner.yamlsrc import Document, Path, SourceError
+from runner.jobs.yamlsrc import Document, Path, SourceError
 
 _ERR_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")

@@ -9,15 +9,15 @@ from datetime import datetime
 
 import structlog
 
-from runner.clock import Clock
+from runner.daemon.scheduler import RunControl, from_ms, to_ms
 from runner.ductape.client import DuctapeClient, DuctapeError, RetryableError
 from runner.ductape.operations import Operation, OperationError, build_operation
 from runner.errors import SecretError
-from runner.model import Job
-from runner.retry import plan_retry
-from runner.scheduler import RunControl, from_ms, to_ms
-from runner.secrets import SecretRegistry, redact, resolve
+from runner.jobs.model import Job
+from runner.jobs.secrets import SecretRegistry, redact, resolve
 from runner.store import Occurrence, Store
+from runner.timing.clock import Clock
+from runner.timing.retry import plan_retry
 
 log = structlog.get_logger("runner.run")
 

@@ -29,10 +29,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from runner.daemon.metrics import CONTENT_TYPE, Metrics
 from runner.errors import RunnerError
-from runner.metrics import CONTENT_TYPE, Metrics
-from runner.model import Job
-from runner.secrets import SecretRegistry, redact
+from runner.jobs.model import Job
+from runner.jobs.secrets import SecretRegistry, redact
 from runner.store import JobRecord, Occurrence
 
 log = structlog.get_logger("runner.control")

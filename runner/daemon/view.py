@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from runner.control import job_dict, occurrence_dict, summary_dict
-from runner.scheduler import Scheduler, to_ms
+from runner.daemon.control import job_dict, occurrence_dict, summary_dict
+from runner.daemon.scheduler import Scheduler, to_ms
 from runner.store.postgres import StoreUnavailable
 
 
 class DaemonView:
-    """Implements runner.control.ControlView over a running scheduler; never blocks."""
+    """Implements runner.daemon.control.ControlView over a running scheduler; never blocks."""
 
     def __init__(
         self,

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from runner.durations import parse_timestamp
+from runner.daemon.scheduler import from_ms, recurrence_of, to_ms
 from runner.errors import RunnerError
-from runner.firetimes import fire_times
-from runner.loader import Defaults, Limits, LoadedJob, load_file, load_folder
-from runner.scheduler import from_ms, recurrence_of, to_ms
+from runner.jobs.durations import parse_timestamp
+from runner.jobs.loader import Defaults, Limits, LoadedJob, load_file, load_folder
 from runner.settings import Settings
 from runner.store import JobRecord
+from runner.timing.firetimes import fire_times
 
 
 class NextError(RunnerError):

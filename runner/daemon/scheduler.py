@@ -21,18 +21,8 @@ from typing import Literal, Protocol
 
 import structlog
 
-from runner.clock import Clock
-from runner.firetimes import Recurrence, next_fire
-from runner.loader import LoadedJob
-from runner.model import Job
-from runner.policy import (
-    MIN_GRACE,
-    CatchupDecision,
-    decide_catchup,
-    idempotency_key,
-    jitter_delay_ms,
-    lateness_grace,
-)
+from runner.jobs.loader import LoadedJob
+from runner.jobs.model import Job
 from runner.store import (
     OPEN_STATES,
     RAN_STATES,
@@ -42,6 +32,16 @@ from runner.store import (
     Occurrence,
     SharedJob,
     Store,
+)
+from runner.timing.clock import Clock
+from runner.timing.firetimes import Recurrence, next_fire
+from runner.timing.policy import (
+    MIN_GRACE,
+    CatchupDecision,
+    decide_catchup,
+    idempotency_key,
+    jitter_delay_ms,
+    lateness_grace,
 )
 
 log = structlog.get_logger("runner.scheduler")

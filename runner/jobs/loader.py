@@ -15,17 +15,17 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from runner.errors import Problem
-from runner.model import (
+from runner.jobs.model import (
     DISCRIMINATOR_TAGS,
     JOB_ADAPTER,
     SUPPORTED_KINDS_TEXT,
     Job,
     find_secret_refs,
 )
-from runner.spelling import normalise
-from runner.tomlsrc import load_toml
-from runner.yamlsrc import Document, SourceError, load_yaml
-from runner.yamlsrc import Path as DataPath
+from runner.jobs.spelling import normalise
+from runner.jobs.tomlsrc import load_toml
+from runner.jobs.yamlsrc import Document, SourceError, load_yaml
+from runner.jobs.yamlsrc import Path as DataPath
 
 JOB_SUFFIXES = (".yaml", ".yml", ".toml")
 _EDITOR_LITTER = ("4913",)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runner.model import JOB_ADAPTER
+from runner.jobs.model import JOB_ADAPTER
 
 SCHEMA_ID = "https://ductape.app/schemas/ductape-runner/job.schema.json"
 _SEED_003_RENAMES = {"product": "product_tag"}

@@ -1,6 +1,6 @@
 """The reconciliation diff: what the folder wants against what the schedule holds, as a plan.
 
-Pure: no I/O, no clock. The watcher (runner.watch) reads the folder into `FileState`s;
+Pure: no I/O, no clock. The watcher (runner.daemon.watch) reads the folder into `FileState`s;
 `compute_plan` turns them and the schedule's current digests into a `Plan`.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from runner.errors import Problem
-from runner.loader import LoadedJob
+from runner.jobs.loader import LoadedJob
 
 
 @dataclass
