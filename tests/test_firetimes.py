@@ -314,11 +314,11 @@ def test_next_fire_refuses_an_unknown_zone() -> None:
         next_fire(Recurrence(cron="0 0 * * *", tz="Mars/Olympus"), at(NEW_YEAR))
 
 
-def test_firetimes_is_the_only_module_that_imports_croniter() -> None:
+def test_cronspec_is_the_only_module_that_imports_croniter() -> None:
     package = Path(__file__).resolve().parent.parent / "runner"
     importers = sorted(
         path.name
         for path in package.rglob("*.py")
         if re.search(r"^\s*(from|import)\s+croniter\b", path.read_text(), re.MULTILINE)
     )
-    assert importers == ["firetimes.py"]
+    assert importers == ["cronspec.py"]
