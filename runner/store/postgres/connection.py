@@ -1,0 +1,216 @@
+"""Connections, the one writer task, failure (unavailable/recovered) and synchronous reads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import structlog
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from runner.errors import RunnerError
+from runner.store import Replica
+from runner.timing.clock import Clock
+
+if TYPE_CHECKING:
+    from runner.store.postgres.claims import Lease
+
+log = structlog.get_logger("runner.store")
+
+SCHEMES = ("postgresql://", "postgres://")
+READ_TIMEOUT_S = 2.0
+
+
+class StoreUnavailable(RunnerError):
+    """The PostgreSQL state database does not answer (in time)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"state database unavailable: {reason}")
+
+
+def is_dsn(state: str) -> bool:
+    return state.startswith(SCHEMES)
+
+
+def display_dsn(dsn: str) -> str:
+    """The DSN without its password, for logs and status."""
+    params = conninfo_to_dict(dsn)
+    params.pop("password", None)
+    host, db = params.get("host", "localhost"), params.get("dbname", "")
+    return f"postgresql://{params.get('user', '')}@{host}:{params.get('port', 5432)}/{db}"
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Write:
+    """One queued write: a coroutine over a connection, run in its own transaction."""
+
+    run: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]
+    done: asyncio.Future[Any] | None = None
+
+
+class _Connections:
+    """The connections of a `PostgresStore`, its writer task, and how it goes down and up."""
+
+    dsn: str
+    clock: Clock
+    replica_id: str
+    lease_s: float
+    timeout_s: float
+    held: dict[tuple[str, int], Lease]
+    replica: Replica | None
+    available: bool
+    down_since: float | None
+    down_reason: str
+    _queue: asyncio.Queue[_Write]
+    _conns: dict[str, psycopg.AsyncConnection[Any]]
+    _reader: psycopg.Connection[Any] | None
+    _abandoned: set[asyncio.Future[Any]]
+
+    # ---- the writer ------------------------------------------------------------------------
+
+    async def _write_forever(self) -> None:
+        """One writer, in queue order, one transaction per write, retried until it lands."""
+        while True:
+            write = await self._queue.get()
+            while True:
+                try:
+                    result = await self._db("writer", write.run)
+                    break
+                except StoreUnavailable:
+                    await self.clock.sleep(min(1.0, self.lease_s / 6))
+            if write.done is not None and not write.done.done():
+                write.done.set_result(bool(result))
+            self._queue.task_done()
+
+    # ---- connections and failure -----------------------------------------------------------------
+
+    async def _conn(self, name: str) -> psycopg.AsyncConnection[Any]:
+        conn = self._conns.get(name)
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self.timeout_s)),
+                application_name=f"ductape-runner {self.replica_id}",
+                # Should a transaction ever wait on us across a dead network, the
+                # server ends it rather than keep its locks from the other replicas.
+                options=f"-c idle_in_transaction_session_timeout={int(self.timeout_s * 1000)}",
+            )
+            self._conns[name] = conn
+        return conn
+
+    async def _db(
+        self, name: str, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]
+    ) -> Any:
+        """Run `work` (single autocommit statements) on connection `name`, within the timeout.
+
+        A call that does not answer in time is abandoned, not awaited: psycopg's own
+        cancellation can wait 10 s on a dead network (it closes the connection itself).
+        """
+        task = asyncio.ensure_future(self._transaction(name, work))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+        except asyncio.CancelledError:
+            self._abandon(name, task)
+            raise
+        if not done:
+            self._abandon(name, task)
+            self._down(f"no answer within {self.timeout_s:g} s")
+            raise StoreUnavailable("timeout")
+        try:
+            result = task.result()
+        except (psycopg.Error, OSError) as exc:
+            await self._drop(name)
+            self._down(f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+            raise StoreUnavailable(type(exc).__name__) from exc
+        self._up()
+        return result
+
+    async def _transaction(
+        self, name: str, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]
+    ) -> Any:
+        conn = await self._conn(name)
+        return await work(conn)  # autocommit: every write is one statement
+
+    def _abandon(self, name: str, task: asyncio.Future[Any]) -> None:
+        conn = self._conns.pop(name, None)
+        task.cancel()
+        self._abandoned.add(task)
+
+        def reap(done: asyncio.Future[Any]) -> None:
+            self._abandoned.discard(done)
+            if not done.cancelled():
+                done.exception()  # retrieved: never "exception was never retrieved"
+            if conn is not None and not conn.closed:
+                closing = asyncio.ensure_future(conn.close())
+                self._abandoned.add(closing)
+                closing.add_done_callback(self._abandoned.discard)
+
+        task.add_done_callback(reap)
+
+    async def _drop(self, name: str) -> None:
+        conn = self._conns.pop(name, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 0.5)
+
+    def _down(self, reason: str) -> None:
+        if not self.available:
+            return
+        self.available, self.down_since, self.down_reason = False, self.clock.monotonic(), reason
+        log.error(
+            "store.unavailable",
+            state=display_dsn(self.dsn),
+            reason=reason,
+            replica=self.replica_id,
+            held=len(self.held),
+            decision="claiming nothing; attempts stop when leases near expiry",
+        )
+        if self.replica is not None:
+            self.replica.store_available(False)
+
+    def _up(self) -> None:
+        if self.available:
+            return
+        away = self.clock.monotonic() - (self.down_since or 0.0)
+        self.available, self.down_since = True, None
+        log.warning("store.recovered", state=display_dsn(self.dsn), away_s=round(away, 1))
+        if self.replica is not None:
+            self.replica.store_available(True)
+
+    # ---- synchronous reads (control API) ---------------------------------------------------------
+
+    def _read(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if not self.available:
+            raise StoreUnavailable(self.down_reason)
+        try:
+            if self._reader is None or self._reader.closed:
+                self._reader = psycopg.connect(
+                    make_conninfo(
+                        self.dsn,
+                        connect_timeout=2,
+                        options=f"-c statement_timeout={int(READ_TIMEOUT_S * 1000)}",
+                    ),
+                    autocommit=True,
+                )
+            return self._reader.execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            self.close()
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
