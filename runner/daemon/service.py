@@ -17,7 +17,8 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
-from runner.daemon.control import build_control_app, serve_control
+from runner.daemon.control import build_control_app
+from runner.daemon.control_server import serve_control
 from runner.daemon.execute import DuctapeExecutor, RunHooks
 from runner.daemon.folder import FolderReconciler
 from runner.daemon.metrics import Metrics
