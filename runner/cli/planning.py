@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.daemon.watch import plan_folder
+from runner.daemon.folder import plan_folder
 from runner.jobs.loader import Defaults, Limits
 from runner.settings import Settings
 

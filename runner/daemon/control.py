@@ -4,53 +4,37 @@ Served by uvicorn on the daemon's own event loop, on a unix socket (mode 0660) a
 optionally on loopback TCP. Handlers are async and call the view directly, so the view
 runs on the loop, never in a thread: it must not block. Over TCP, clients that are not
 on loopback only get /healthz, /readyz and /metrics: the API has no authentication.
+
+This module is the app: routes, handlers and the JSON shapes. Listening on the socket
+and the loopback rule are runner.daemon.control_server.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ipaddress
-import os
-import socket
-import stat
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from runner.daemon.control_server import ControlServer as ControlServer  # re-exported
+from runner.daemon.control_server import ControlSocketError as ControlSocketError  # re-exported
+from runner.daemon.control_server import LoopbackOnly
+from runner.daemon.control_server import parse_tcp as parse_tcp  # re-exported
+from runner.daemon.control_server import serve_control as serve_control  # re-exported
 from runner.daemon.metrics import CONTENT_TYPE, Metrics
-from runner.errors import RunnerError
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretRegistry, redact
 from runner.store import JobRecord, Occurrence
 
 log = structlog.get_logger("runner.control")
 
-SOCKET_MODE = 0o660
-DEFAULT_TCP_HOST = "127.0.0.1"
 HISTORY_DEFAULT, HISTORY_MAX = 50, 1000
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-START_TIMEOUT_S = 5.0
-
-
-class ControlSocketError(RunnerError):
-    """The control API cannot listen where it was told to."""
-
-    def __init__(self, address: str, reason: str) -> None:
-        self.address = address
-        self.reason = reason
-        super().__init__(f"control socket {address}: {reason}")
 
 
 class ControlView(Protocol):
@@ -199,7 +183,7 @@ def build_control_app(
         Route("/jobs/{name}/resume", api.action("resume"), methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: api.http_error})
-    app.add_middleware(_LoopbackOnly)
+    app.add_middleware(LoopbackOnly)
     return app
 
 
@@ -290,209 +274,3 @@ class _Api:
 
 
 _ERROR_NAMES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
-
-
-class _LoopbackOnly:
-    """Remote TCP clients get the probes and metrics only: the API has no authentication."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and not _trusted(scope):
-            detail = "only /healthz, /readyz and /metrics are served to remote clients"
-            body = JSONResponse({"error": "forbidden", "detail": detail}, status_code=403)
-            await body(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def _trusted(scope: Scope) -> bool:
-    server, client = scope.get("server"), scope.get("client")
-    if server is None or server[1] is None or client is None:
-        return True  # a unix socket: its file mode decides who may connect
-    return _is_loopback(str(client[0]))
-
-
-# ---- serving ----------------------------------------------------------------------------
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the daemon owns SIGTERM, SIGINT and SIGHUP."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
-@dataclass
-class ControlServer:
-    """A running control API; `close()` stops it and removes its socket file."""
-
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-    unix_socket: str | None = None
-    tcp_address: tuple[str, int] | None = None
-    _inode: int | None = field(default=None, repr=False)
-
-    def where(self) -> str:
-        return " and ".join(filter(None, [self.unix_socket, _endpoint(self.tcp_address)]))
-
-    async def close(self) -> None:
-        self.server.should_exit = True
-        try:
-            await self.task
-        finally:
-            self._unlink_socket()
-        log.info("control.stopped")
-
-    def _unlink_socket(self) -> None:
-        if self.unix_socket is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            if os.lstat(self.unix_socket).st_ino == self._inode:  # still ours
-                Path(self.unix_socket).unlink()
-
-
-async def serve_control(
-    app: ASGIApp,
-    *,
-    unix_socket: str | None,
-    tcp: str | None,
-) -> ControlServer:
-    """Listen on the unix socket and/or TCP ('127.0.0.1:9464', '[::1]:9464' or '9464').
-
-    The unix socket is bound, made mode 0660 and only then listens, so no one connects
-    through looser permissions; its group is the daemon's (Group= in the unit). A stale
-    socket file is replaced; a live one is an error. Returns once connections are served.
-    """
-    if unix_socket is None and tcp is None:
-        raise ValueError("serve_control needs a unix socket, a TCP address, or both")
-    sockets: list[socket.socket] = []
-    try:
-        inode = None
-        if unix_socket is not None:
-            sock, inode = _bind_unix(unix_socket)
-            sockets.append(sock)
-        if tcp is not None:
-            sockets.append(_bind_tcp(tcp))
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    server = _Server(
-        uvicorn.Config(
-            app,
-            lifespan="off",
-            http="h11",
-            ws="none",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=2,
-        )
-    )
-    task = asyncio.create_task(server.serve(sockets=sockets), name="control-api")
-    handle = ControlServer(server, task, unix_socket, _tcp_address(sockets, tcp), inode)
-    await _started(handle)
-    log.info("control.listening", unix_socket=unix_socket, tcp=_endpoint(handle.tcp_address))
-    return handle
-
-
-async def _started(handle: ControlServer) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT_S
-    while not handle.server.started:
-        if handle.task.done():
-            handle._unlink_socket()
-            handle.task.result()  # raises what stopped it
-            raise ControlSocketError(handle.where(), "server exited at startup")
-        if loop.time() > deadline:
-            await handle.close()
-            raise ControlSocketError(handle.where(), "server did not start")
-        await asyncio.sleep(0.005)
-
-
-def _bind_unix(path: str) -> tuple[socket.socket, int]:
-    _remove_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        # Not listening yet: nobody can connect while the mode is still the umask's.
-        Path(path).chmod(SOCKET_MODE)
-        return sock, os.lstat(path).st_ino
-    except OSError as exc:
-        sock.close()
-        raise ControlSocketError(path, exc.strerror or str(exc)) from None
-
-
-def _remove_stale(path: str) -> None:
-    """Remove a socket file nobody listens on; refuse to touch a live one or a non-socket."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ControlSocketError(path, "exists and is not a socket; not removing it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            Path(path).unlink(missing_ok=True)
-            log.info("control.stale_socket_removed", unix_socket=path)
-            return
-    raise ControlSocketError(path, "another process is listening on it (is the daemon running?)")
-
-
-def parse_tcp(address: str) -> tuple[str, int]:
-    """'127.0.0.1:9464', '[::1]:9464', 'localhost:9464' or a bare port on 127.0.0.1."""
-    host, sep, port = address.rpartition(":")
-    if not sep:
-        host, port = DEFAULT_TCP_HOST, address
-    host = host.removeprefix("[").removesuffix("]") or DEFAULT_TCP_HOST
-    if not port.isdigit() or int(port) > 65535:
-        raise ControlSocketError(address, "expected HOST:PORT with a port from 0 to 65535")
-    return host, int(port)
-
-
-def _bind_tcp(address: str) -> socket.socket:
-    host, port = parse_tcp(address)
-    try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise ControlSocketError(address, exc.strerror or str(exc)) from None
-    family, kind, proto, _, sockaddr = info[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(sockaddr)
-    except OSError as exc:
-        sock.close()
-        raise ControlSocketError(address, exc.strerror or str(exc)) from None
-    if not _is_loopback(str(sockaddr[0])):
-        log.warning("control.exposed", tcp=address, served=sorted(PUBLIC_PATHS))
-    return sock
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # a dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1
-    return address.is_loopback
-
-
-def _tcp_address(sockets: list[socket.socket], tcp: str | None) -> tuple[str, int] | None:
-    if tcp is None:
-        return None
-    host, port = sockets[-1].getsockname()[:2]
-    return str(host), int(port)
-
-
-def _endpoint(address: tuple[str, int] | None) -> str | None:
-    if address is None:
-        return None
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

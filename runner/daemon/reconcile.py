@@ -1,6 +1,6 @@
 """The reconciliation diff: what the folder wants against what the schedule holds, as a plan.
 
-Pure: no I/O, no clock. The watcher (runner.daemon.watch) reads the folder into `FileState`s;
+Pure: no I/O, no clock. The scanner (runner.daemon.folder) reads the folder into `FileState`s;
 `compute_plan` turns them and the schedule's current digests into a `Plan`.
 """
 

@@ -17,14 +17,16 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
-from runner.daemon.control import build_control_app, serve_control
+from runner.daemon.control import build_control_app
+from runner.daemon.control_server import serve_control
 from runner.daemon.execute import DuctapeExecutor, RunHooks
+from runner.daemon.folder import FolderReconciler
 from runner.daemon.metrics import Metrics
 from runner.daemon.reconcile import Plan
 from runner.daemon.scheduler import Scheduler, to_ms
 from runner.daemon.sdnotify import Notifier, watchdog_interval_s
 from runner.daemon.view import DaemonView
-from runner.daemon.watch import FolderReconciler, FolderSync
+from runner.daemon.watch import FolderSync
 from runner.ductape.client import Credentials, DuctapeClient
 from runner.jobs.loader import Defaults, Limits, LoadedJob
 from runner.jobs.model import Job

@@ -1,0 +1,255 @@
+"""Scanning the jobs folder: file states read stat-read-stat, settle checks, plans, applying."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from runner.daemon.reconcile import FileState, Plan, compute_plan
+from runner.daemon.scheduler import Scheduler
+from runner.errors import Problem
+from runner.jobs.loader import Defaults, Limits, discover_names, load_file, read_bounded
+from runner.jobs.yamlsrc import SourceError
+from runner.timing.clock import Clock, SystemClock
+
+log = structlog.get_logger("runner.watch")
+
+DEFAULT_LIMITS, DEFAULT_DEFAULTS = Limits(), Defaults()
+CACHE_AGE_S = 1.0  # a file unchanged for this long is skipped while its stat is unchanged
+
+
+# ---- scanning ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stat:
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> _Stat:
+        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+    def age_s(self, now_s: float) -> float:
+        return now_s - max(self.mtime_ns, self.ctime_ns) / 1e9
+
+
+class FolderReconciler:
+    """Per-file state between scans: `scan` yields the plan, `apply()` carries it out.
+
+    Files whose stat changed during the read, or that are younger than `quiet_s`, are
+    "unsettled": their previous version stands and the plan asks for a re-check. The
+    mass-deletion guard holds every job while the folder is gone or empty, until that
+    state has lasted `confirm_s` (on the injected clock).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        clock: Clock | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        defaults: Defaults = DEFAULT_DEFAULTS,
+        quiet_s: float = 0.25,
+        confirm_s: float = 300.0,
+    ) -> None:
+        self.folder = folder
+        self.clock: Clock = clock or SystemClock()
+        self.limits = limits
+        self.defaults = defaults
+        self.quiet_s = quiet_s
+        self.confirm_s = confirm_s
+        self.files: dict[str, FileState] = {}
+        self.last_plan: Plan | None = None
+        self._seen: dict[str, _Stat] = {}  # stat of the settled read each state came from
+        self._guard_since: float | None = None
+        self._reported: dict[str, str] = {}  # path -> problem already logged
+
+    def scan(
+        self,
+        current: Mapping[str, str],
+        current_paths: Mapping[str, str] | None = None,
+        *,
+        deep: bool = False,
+    ) -> Plan:
+        """Rescan the folder and plan against `current` (name -> digest); `deep` rereads all."""
+        real = os.path.realpath(self.folder)
+        present = Path(real).is_dir()
+        now_s = self.clock.now().timestamp()
+        found: dict[str, FileState] = {}
+        unsettled: list[str] = []
+        cut, shown_base = len(real.rstrip(os.sep)) + 1, str(self.folder)
+        for path in discover_names(real) if present else []:
+            # Shown under the configured folder: stable across symlink swaps.
+            shown = os.path.join(shown_base, path[cut:])  # noqa: PTH118 (strings: see discover_names)
+            state = self._read(path, shown, now_s, deep)
+            if state is None:
+                unsettled.append(shown)
+                state = self.files.get(shown)
+            if state is not None:
+                found[shown] = state
+        plan = compute_plan(
+            current,
+            found,
+            folder_present=present,
+            guard_confirmed=self._guard(bool(found), bool(current)),
+            current_paths=current_paths,
+        )
+        plan.unsettled = unsettled
+        self._commit(plan, found)
+        return plan
+
+    def next_check_s(self) -> float | None:
+        """Seconds until the folder should be scanned again without an event, if ever."""
+        plan = self.last_plan
+        waits = []
+        if plan is not None and plan.unsettled:
+            waits.append(max(self.quiet_s, 0.05))
+        if plan is not None and plan.guard and self._guard_since is not None:
+            held = self.clock.monotonic() - self._guard_since
+            waits.append(max(self.confirm_s - held, 0.0) + 0.01)
+        return min(waits, default=None)
+
+    def _read(self, path: str, shown: str, now_s: float, deep: bool) -> FileState | None:
+        """Stat, read, stat: the file's state, or None while it is still being written."""
+        previous = self.files.get(shown)
+        try:
+            before = _Stat.of(os.stat(path))  # noqa: PTH116
+        except OSError as exc:  # a dangling symlink, or deleted since the walk
+            return self._parse(
+                shown, SourceError(f"cannot open file: {exc.strerror}", 1, 1), previous
+            )
+        if not deep and previous is not None and self._seen.get(shown) == before:
+            return previous
+        try:
+            data: bytes | SourceError = read_bounded(Path(path), self.limits)
+        except SourceError as exc:
+            data = exc
+        try:
+            after = _Stat.of(os.stat(path))  # noqa: PTH116
+        except OSError:
+            return None
+        if after != before or (self.quiet_s > 0 and before.age_s(now_s) < self.quiet_s):
+            return None
+        if before.age_s(now_s) >= CACHE_AGE_S:
+            self._seen[shown] = before
+        return self._parse(shown, data, previous)
+
+    def _parse(
+        self, shown: str, data: bytes | SourceError, previous: FileState | None
+    ) -> FileState:
+        last_good = None if previous is None else previous.last_good_jobs
+        if isinstance(data, SourceError):
+            problem = Problem(shown, data.line, data.column, "", data.message)
+            return FileState(shown, "", [], [problem], last_good)
+        digest = hashlib.sha256(data).hexdigest()
+        if previous is not None and previous.content_hash == digest:
+            return previous  # only changed files are parsed
+        result = load_file(Path(shown), self.limits, self.defaults, data=data)
+        return FileState(shown, digest, result.jobs, result.problems, last_good)
+
+    def _guard(self, has_files: bool, has_jobs: bool) -> bool:
+        """Track how long the folder has been gone or empty; True once confirmed."""
+        if has_files or not has_jobs:
+            if self._guard_since is not None:
+                log.info("folder.guard", state="cleared", folder=str(self.folder))
+            self._guard_since = None
+            return False
+        now = self.clock.monotonic()
+        if self._guard_since is None:
+            self._guard_since = now
+        return now - self._guard_since >= self.confirm_s
+
+    def _commit(self, plan: Plan, found: dict[str, FileState]) -> None:
+        for path, jobs in plan.accepted.items():
+            found[path].last_good_jobs = jobs
+        if plan.guard:
+            # Hold on to the vanished files too, so their last good versions survive.
+            found = {**self.files, **found}
+            held = self.clock.monotonic() - (self._guard_since or self.clock.monotonic())
+            log.warning(
+                "folder.guard",
+                state="holding",
+                folder=str(self.folder),
+                jobs=len(plan.unchanged),
+                held_s=round(held, 1),
+                confirm_s=self.confirm_s,
+                message=plan.guard,
+            )
+        elif self._guard_since is not None and plan.remove:
+            log.warning("folder.guard", state="confirmed", removed=len(plan.remove))
+        self._seen = {p: s for p, s in self._seen.items() if p in found}
+        self.files = found
+        self.last_plan = plan
+        self._report(plan)
+
+    def _report(self, plan: Plan) -> None:
+        """Log each file's first problem once per distinct problem, not every scan."""
+        first: dict[str, Problem] = {}
+        for problem in plan.problems:
+            first.setdefault(problem.path, problem)
+        for path, problem in first.items():
+            if self._reported.get(path) == str(problem):
+                continue
+            self._reported[path] = str(problem)
+            log.error(
+                "file.invalid",
+                path=path,
+                line=problem.line,
+                field=problem.field,
+                message=problem.message,
+                problems=sum(1 for p in plan.problems if p.path == path),
+                kept=plan.kept_last_good.get(path, []),
+            )
+        self._reported = {p: m for p, m in self._reported.items() if p in first}
+
+
+def current_of(scheduler: Scheduler) -> tuple[dict[str, str], dict[str, str]]:
+    """The schedule as plans see it: name -> digest, and name -> defining path."""
+    entries = scheduler.entries
+    return (
+        {name: e.loaded.digest for name, e in entries.items()},
+        {name: e.loaded.path for name, e in entries.items()},
+    )
+
+
+def apply(plan: Plan, scheduler: Scheduler) -> dict[str, int]:
+    """Carry a plan out on the scheduler; returns counts by action."""
+    for loaded in [*plan.add, *plan.update]:
+        scheduler.upsert(loaded)
+    removed = sum(1 for name in plan.remove if scheduler.remove(name))
+    for name in plan.unchanged:
+        wanted, entry = plan.desired.get(name), scheduler.entries.get(name)
+        if wanted is not None and entry is not None and entry.loaded.path != wanted.path:
+            scheduler.upsert(wanted)  # same definition, moved to another file
+    return {
+        "added": len(plan.add),
+        "updated": len(plan.update),
+        "removed": removed,
+        "unchanged": len(plan.unchanged),
+        "invalid": len(plan.invalid_paths),
+    }
+
+
+def plan_folder(
+    folder: Path,
+    limits: Limits = DEFAULT_LIMITS,
+    defaults: Defaults = DEFAULT_DEFAULTS,
+    current: Mapping[str, str] | None = None,
+    current_paths: Mapping[str, str] | None = None,
+) -> Plan:
+    """What the daemon would change now (for `ductape-runner plan`); changes nothing.
+
+    A fresh process knows no last good versions, so an invalid file keeps the jobs that
+    `current_paths` says came from it, as the daemon would.
+    """
+    reconciler = FolderReconciler(folder, limits=limits, defaults=defaults, quiet_s=0.0)
+    return reconciler.scan(current or {}, current_paths, deep=True)
