@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -88,6 +89,49 @@ def test_retry_after_is_honoured(daemon: DaemonProcess, emulator: RunningEmulato
     wait_for(lambda: finished(daemon, "j"))
     first, second = (datetime.fromisoformat(c["received_at"]) for c in emulator.calls())
     assert (second - first).total_seconds() >= 0.95  # the backoff alone would be 50 ms
+
+
+def test_retry_after_inf_is_capped_and_the_run_is_summarised(
+    daemon: DaemonProcess, emulator: RunningEmulator
+) -> None:
+    # Issue 18, bug 8: the OverflowError failed the run as `internal error`, lost Ductape's
+    # error and logged no `run.finished`. Capped at an hour, the retry is simply pending.
+    emulator.fault(target="quotas.run", count=1, status=429, retry_after="inf")
+    daemon.write_job("j.yaml", ONCE + "retries: 2\n" + FAST_RETRY)
+    daemon.start()
+    wait_for(lambda: daemon.events("run.attempt_failed"))
+    [event] = daemon.events("run.attempt_failed")
+    assert "capped at 3600s" in event["decision"]
+    [(state, attempts, error)] = occurrences(daemon, "j")
+    assert (state, attempts) == ("planned", 1)
+    assert error is not None and "internal error" not in error
+    assert not daemon.events("run.crashed")
+
+
+def test_pausing_a_job_holds_its_pending_retries_until_resume(
+    daemon: DaemonProcess, emulator: RunningEmulator
+) -> None:
+    # Issue 18, bug 9: five more calls reached Ductape after `pause`.
+    emulator.fault(target="quotas.run", count=3, status=503)
+    daemon.write_job(
+        "j.yaml", ONCE + "retries: 5\nretry: {initial: 500ms, multiplier: 1, jitter: 0}\n"
+    )
+    daemon.start()
+    wait_for(lambda: len(emulator.calls()) >= 1)
+    _post(daemon, "/jobs/j/pause")
+    calls_at_pause = len(emulator.calls())
+    time.sleep(2.0)  # four retry delays pass while paused
+    assert len(emulator.calls()) <= calls_at_pause + 1  # at most the attempt in flight
+    assert occurrences(daemon, "j")[0][0] in ("planned", "running")
+    assert daemon.events("run.held")
+    _post(daemon, "/jobs/j/resume")
+    assert wait_for(lambda: finished(daemon, "j"))[0][0] == "succeeded"
+
+
+def _post(d: DaemonProcess, path: str) -> None:
+    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
+    with httpx.Client(transport=transport, base_url="http://daemon") as client:
+        client.post(path).raise_for_status()
 
 
 def test_retries_never_run_into_the_next_occurrence(

@@ -183,6 +183,8 @@ def test_sighup_reloads_with_reloading_and_ready_notifications(
         wait_for(lambda: "READY=1" in notify.texts())
         d.signal(signal.SIGHUP)
         wait_for(lambda: any(e.get("reason") == "sighup" for e in d.events("reload.finished")))
+        # The datagrams may land a moment after the log line: wait for them, then check order.
+        wait_for(lambda: _ready_after_reloading(notify.texts()))
         texts = notify.texts()
         reloading = next(i for i, t in enumerate(texts) if t.startswith("RELOADING=1"))
         assert "MONOTONIC_USEC=" in texts[reloading]
@@ -191,6 +193,11 @@ def test_sighup_reloads_with_reloading_and_ready_notifications(
     finally:
         assert d.stop() == 0
     assert "STOPPING=1" in notify.texts()
+
+
+def _ready_after_reloading(texts: list[str]) -> bool:
+    starts = [i for i, t in enumerate(texts) if t.startswith("RELOADING=1")]
+    return bool(starts) and "READY=1" in texts[starts[0] + 1 :]
 
 
 def test_the_watchdog_is_fed_by_the_loop_and_stops_when_the_loop_is_wedged(

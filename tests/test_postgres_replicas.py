@@ -69,11 +69,7 @@ def expected_keys(count: int, every_s: int, start_ms: int, until_ms: int) -> set
 
 
 def taken_over(replicas: list[DaemonProcess]) -> set[str]:
-    return {
-        f"ductape-runner:{e['job']}:{e['scheduled_ms']}"
-        for r in replicas
-        for e in r.events("run.taken_over")
-    }
+    return {e["idempotency_key"] for r in replicas for e in r.events("run.taken_over")}
 
 
 def query(dsn: str, sql: str) -> list[tuple[Any, ...]]:

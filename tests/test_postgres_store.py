@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from runner.store import JobRecord, Occurrence, SharedJob
-from runner.store.postgres import MIGRATIONS, PostgresStore, migrate
+from runner.store.postgres import MIGRATIONS, PostgresStore, StoreUnavailable, migrate
 from runner.timing.clock import SystemClock
 from tests import pg_helpers
 from tests.pg_helpers import CuttableProxy, dsn_for
@@ -230,3 +230,94 @@ async def _until(predicate: Any) -> None:
         if predicate():
             return
         await asyncio.sleep(0.05)
+
+
+async def test_a_nul_in_an_error_message_is_stored_and_does_not_wedge_the_writer(
+    pg_dsn: str,
+) -> None:
+    # Issue 18, bug 3: psycopg refused the NUL (DataError), the writer took it for a lost
+    # connection and retried the same write forever; the replica claimed nothing more.
+    store = await replica(pg_dsn, "nul")
+    try:
+        store.save_job(record())
+        occ = occurrence(T0)
+        store.plan(occ, record())
+        assert await store.claimed(occ)
+        occ.state, occ.last_error, occ.finished_ms = "failed", "bad\x00byte", T0 + 5
+        store.finish(occ, record())
+        nxt = occurrence(T0 + 60_000)
+        store.plan(nxt, record())
+        assert await asyncio.wait_for(store.claimed(nxt), 5)  # the writer moved on
+        await flush(store)
+        assert store.writable()
+        [(error,)] = rows(pg_dsn, "SELECT last_error FROM occurrences WHERE scheduled_ms = %s", T0)
+        assert error == "bad\ufffdbyte"
+    finally:
+        await store.aclose()
+
+
+async def test_a_write_the_database_refuses_is_dropped_not_retried_forever(pg_dsn: str) -> None:
+    from runner.store.postgres.connection import _Write
+
+    store = await replica(pg_dsn, "refused")
+    try:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        store._queue.put_nowait(_Write(lambda conn: conn.execute("SELECT 1/0"), done))
+        assert await asyncio.wait_for(done, 5) is False
+        occ = occurrence(T0)
+        store.save_job(record())
+        store.plan(occ, record())
+        assert await asyncio.wait_for(store.claimed(occ), 5)
+        assert store.writable()
+    finally:
+        await store.aclose()
+
+
+async def test_reading_history_never_blocks_the_event_loop(
+    pg_database: str, pg_proxy: CuttableProxy
+) -> None:
+    # Issue 18, bug 4: `history` read with a blocking call; on a dropped network the loop
+    # made no tick for 40 s. The read is awaited now, bounded by the client-side timeout.
+    store = await replica(dsn_for(pg_database, pg_proxy.port), "reader", timeout_s=1.0)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        store.save_job(record())
+        await flush(store)
+        assert await store.read_history("j") == []
+        pg_proxy.cut()
+        started, before = asyncio.get_running_loop().time(), ticks
+        with pytest.raises(StoreUnavailable):
+            await store.read_history("j")
+        elapsed = asyncio.get_running_loop().time() - started
+        assert elapsed < 3.0
+        assert ticks - before >= int(elapsed / 0.05) // 2  # the loop kept ticking meanwhile
+    finally:
+        task.cancel()
+        pg_proxy.restore()
+        await store.aclose()
+
+
+async def test_manual_runs_are_outside_limit_in_the_shared_count(pg_dsn: str) -> None:
+    store = await replica(pg_dsn, "manual")
+    try:
+        store.save_job(record())
+        manual = occurrence(T0 + 1, trigger="manual")
+        store.plan(manual, record())
+        assert await store.claimed(manual)
+        manual.state, manual.finished_ms = "succeeded", T0 + 2
+        store.finish(manual, record())
+        await flush(store)
+        scheduled = occurrence(T0 + 60_000)
+        store.plan(scheduled, record(), limit=1)  # the manual run took none of the limit
+        assert await store.claimed(scheduled)
+        assert rows(pg_dsn, "SELECT execution_count FROM jobs WHERE name = 'j'") == [(0,)]
+    finally:
+        await store.aclose()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from runner.jobs.model import RetryPolicy
-from runner.timing.retry import backoff_delay, plan_retry
+from runner.timing.retry import MAX_RETRY_AFTER, MAX_RETRY_WINDOW, backoff_delay, plan_retry
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DUCTAPE_DEFAULT = RetryPolicy()  # 1 s, x2, at most 300 s, jitter 0.1
@@ -122,3 +122,33 @@ def test_retry_after_counts_against_the_deadline() -> None:
     )
     assert not plan.retry
     assert plan.delay_s == 90
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [float("inf"), 1e12, 1e9, float("nan"), 3_601.0],
+    ids=["inf", "1e12", "1e9", "nan", "just-over"],
+)
+def test_a_huge_or_broken_retry_after_is_capped_not_a_crash(asked: float) -> None:
+    # Issue 18, bug 8: `Retry-After: inf` raised OverflowError inside retry planning, and a
+    # one-shot (no next occurrence) obeyed a Retry-After of 1e9 s.
+    plan = plan_retry(NO_JITTER, attempt=1, retries=3, now=NOW, rand=middle, retry_after_s=asked)
+    assert plan.retry
+    assert plan.delay_s == MAX_RETRY_AFTER.total_seconds()
+    assert plan.start_at == NOW + MAX_RETRY_AFTER
+    assert "capped at 3600s" in plan.reason
+
+
+def test_no_retry_starts_more_than_a_day_after_its_occurrence() -> None:
+    scheduled = NOW - MAX_RETRY_WINDOW + timedelta(minutes=30)
+    plan = plan_retry(
+        NO_JITTER, attempt=1, retries=3, now=NOW, rand=middle, retry_after_s=3_600,
+        scheduled=scheduled,
+    )  # fmt: skip
+    assert not plan.retry
+    assert plan.reason.startswith("retry window exhausted")
+    ok = plan_retry(
+        NO_JITTER, attempt=1, retries=3, now=NOW, rand=middle, retry_after_s=60,
+        scheduled=scheduled,
+    )  # fmt: skip
+    assert ok.retry

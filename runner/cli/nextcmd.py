@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from runner.daemon.scheduler import from_ms, recurrence_of, to_ms
+from runner.daemon.decisions import from_ms, recurrence_of, to_ms
 from runner.errors import RunnerError
 from runner.jobs.durations import parse_timestamp
 from runner.jobs.loader import Defaults, Limits, LoadedJob, load_file, load_folder

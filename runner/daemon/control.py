@@ -11,6 +11,7 @@ and the loopback rule are runner.daemon.control_server.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -58,7 +59,7 @@ class ControlView(Protocol):
 
     def job(self, name: str) -> dict[str, Any] | None: ...
 
-    def history(self, name: str, limit: int) -> list[dict[str, Any]] | None:
+    async def history(self, name: str, limit: int) -> list[dict[str, Any]] | None:
         """The job's newest occurrences (`occurrence_dict`), newest first; None if unknown."""
         ...
 
@@ -199,10 +200,12 @@ class _Api:
     def error(self, status: int, error: str, detail: str) -> JSONResponse:
         return self.reply({"error": error, "detail": detail}, status)
 
-    def call(self, name: str | None, fn: Callable[[], Any]) -> JSONResponse:
+    async def call(self, name: str | None, fn: Callable[[], Any]) -> JSONResponse:
         """Run a view method about job `name`: KeyError is 404, ValueError 409, others 500."""
         try:
             result = fn()
+            if inspect.isawaitable(result):  # reads of a shared store are awaited (bug 4)
+                result = await result
         except (KeyError, ValueError) as exc:
             if name is None:
                 return self._failed(name, exc)
@@ -246,14 +249,14 @@ class _Api:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def status(self, request: Request) -> Response:
-        return self.call(None, self.view.summary)
+        return await self.call(None, self.view.summary)
 
     async def jobs(self, request: Request) -> Response:
-        return self.call(None, self.view.jobs)
+        return await self.call(None, self.view.jobs)
 
     async def job(self, request: Request) -> Response:
         name = request.path_params["name"]
-        return self.call(name, lambda: self.view.job(name))
+        return await self.call(name, lambda: self.view.job(name))
 
     async def history(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -261,12 +264,12 @@ class _Api:
         if not raw.isdigit() or not 1 <= int(raw) <= HISTORY_MAX:
             detail = f"limit must be an integer from 1 to {HISTORY_MAX}, got {raw!r}"
             return self.error(400, "bad_request", detail)
-        return self.call(name, lambda: self.view.history(name, int(raw)))
+        return await self.call(name, lambda: self.view.history(name, int(raw)))
 
     def action(self, verb: str) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
             name = request.path_params["name"]
-            response = self.call(name, lambda: getattr(self.view, verb)(name))
+            response = await self.call(name, lambda: getattr(self.view, verb)(name))
             log.info(f"control.{verb}", job=name, status=response.status_code)
             return response
 

@@ -9,7 +9,8 @@ from datetime import datetime
 
 import structlog
 
-from runner.daemon.scheduler import RunControl, from_ms, to_ms
+from runner.daemon.decisions import from_ms, to_ms
+from runner.daemon.runs import RunControl
 from runner.ductape.client import DuctapeClient, DuctapeError, RetryableError
 from runner.ductape.operations import Operation, OperationError, build_operation
 from runner.errors import SecretError
@@ -20,6 +21,19 @@ from runner.timing.clock import Clock
 from runner.timing.retry import plan_retry
 
 log = structlog.get_logger("runner.run")
+
+MAX_ERROR_CHARS = 2_000
+
+
+def clean_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Text from Ductape made safe to store and log: a NUL byte (which PostgreSQL's text
+    columns refuse, issue 18 bug 3) and other C0 controls but tab and newline become
+    U+FFFD, and the length is bounded."""
+    cleaned = text.translate(_CONTROLS)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+_CONTROLS = {c: "\ufffd" for c in range(32) if chr(c) not in "\t\n"}
 
 
 @dataclass
@@ -97,11 +111,17 @@ class DuctapeExecutor:
                 return
 
     async def _wait_for_turn(self, occ: Occurrence, control: RunControl) -> bool:
-        """Sleep until a pending retry is due; False if the scheduler stopped the retries."""
+        """Sleep until a pending retry is due, and while the job is paused or suspended;
+        False if the scheduler stopped the run first."""
         if occ.next_attempt_ms is not None:
             wait_s = (occ.next_attempt_ms - to_ms(self.clock.now())) / 1000
             if wait_s > 0:
                 await self.clock.sleep(wait_s, control.stop)
+        if control.held:
+            log.info("run.held", job=occ.job, scheduled_at=from_ms(occ.scheduled_ms).isoformat())
+            await control.released()
+            if control.stop.is_set():
+                return False  # removed, replaced or shut down while held: no attempt
         # Stopped: on shutdown it stays planned with next_attempt_ms; when removed, cancelled.
         return not (control.stop.is_set() and occ.attempts > 0)
 
@@ -137,6 +157,7 @@ class DuctapeExecutor:
             retryable=retryable,
             retry_after_s=error.retry_after_s if isinstance(error, RetryableError) else None,
             deadline=deadline,
+            scheduled=from_ms(occ.scheduled_ms),
         )
         message = self._clean(str(error))
         log.warning(
@@ -172,8 +193,9 @@ class DuctapeExecutor:
         )
 
     def _clean(self, text: str) -> str:
+        """Redacted, without control characters a database refuses (NUL), bounded."""
         cleaned: str = redact(text, self.registry.values())
-        return cleaned
+        return clean_text(cleaned)
 
     def _summary(self, job: Job, occ: Occurrence) -> None:
         """One event per run, whatever happened (structlog best practice)."""

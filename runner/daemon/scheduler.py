@@ -1,31 +1,40 @@
-"""The scheduler loop: a heap of next fire instants, catch-up, concurrency and limits.
+"""The scheduler: the job set, a heap of next fire instants, and the loop that fires them.
 
 The loop sleeps until the earliest deadline or a wake-up (a job added, changed,
 removed, paused or triggered); it never polls on a tick. The sleep is capped
 (`max_sleep_s`) only so that a wall-clock step is noticed and the watchdog is fed
-from the loop itself.
+from the loop itself. The pure decisions (missed instants, catch-up, lateness,
+status) live in runner.daemon.decisions; starting and settling runs in
+runner.daemon.dispatch; what is in flight per job in runner.daemon.runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import heapq
 import itertools
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from datetime import datetime, timedelta
 
 import structlog
 
+from runner.daemon.decisions import (
+    Missed,
+    from_ms,
+    is_late,
+    merge_shared,
+    plan_catchup,
+    recurrence_of,
+    scan_missed,
+    schedule_hash,
+    status_of,
+    to_ms,
+)
+from runner.daemon.dispatch import Dispatch
+from runner.daemon.runs import Entry, Executor, HaltReason, JobRuns, RunControl
 from runner.jobs.loader import LoadedJob
 from runner.jobs.model import Job
 from runner.store import (
-    OPEN_STATES,
-    RAN_STATES,
     Claims,
     JobRecord,
     JobStatus,
@@ -34,99 +43,17 @@ from runner.store import (
     Store,
 )
 from runner.timing.clock import Clock
-from runner.timing.firetimes import Recurrence, next_fire
-from runner.timing.policy import (
-    MIN_GRACE,
-    CatchupDecision,
-    decide_catchup,
-    idempotency_key,
-    jitter_delay_ms,
-    lateness_grace,
-)
+from runner.timing.firetimes import next_fire
+from runner.timing.policy import MIN_GRACE, jitter_delay_ms
+
+__all__ = ["Entry", "Executor", "HaltReason", "RunControl", "Scheduler", "from_ms", "to_ms"]
 
 log = structlog.get_logger("runner.scheduler")
 
-MAX_MISSED_SCAN = 100_000  # fire times examined when catching up, at most
-MAX_SKIPPED_ROWS = 100  # skipped occurrences written per catch-up; the rest are only counted
 CLOCK_JUMP = timedelta(seconds=2)
 
 
-def to_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
-HaltReason = Literal["removed", "shutdown", "replaced", "lease_lost"]
-
-
-class RunControl:
-    """Lets the scheduler stop an occurrence's pending retries without killing its attempt."""
-
-    def __init__(self) -> None:
-        self.stop = asyncio.Event()
-        self.reason: HaltReason | None = None
-
-    def halt(self, reason: HaltReason) -> None:
-        self.reason = reason
-        self.stop.set()
-
-
-class Executor(Protocol):
-    """Runs every attempt of one occurrence; leaves `occ` final, or pending on shutdown."""
-
-    async def __call__(
-        self, job: Job, occ: Occurrence, deadline: datetime | None, control: RunControl
-    ) -> None: ...
-
-
-@dataclass
-class Entry:
-    """A job as the scheduler holds it."""
-
-    loaded: LoadedJob
-    record: JobRecord
-    rec: Recurrence
-    due: datetime | None = None
-    version: int = 0
-    tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    controls: dict[int, RunControl] = field(default_factory=dict)
-    queued: int = 0
-    pending: int = 0  # occurrences planned or running, not yet finished
-    won: int = 0  # replicas: tasks that won their claim (the others run nothing here)
-
-    @property
-    def job(self) -> Job:
-        return self.loaded.job
-
-    @property
-    def one_shot(self) -> bool:
-        return not self.job.schedule.recurring
-
-
-def schedule_hash(job: Job) -> str:
-    text = job.schedule.model_dump_json() + job.dst.model_dump_json()
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def recurrence_of(job: Job, anchor_ms: int) -> Recurrence:
-    s = job.schedule
-    return Recurrence(
-        cron=s.cron,
-        every_ms=s.every,
-        start_at=s.start_at,
-        anchor=from_ms(anchor_ms),
-        end_date=s.end_date,
-        limit=s.limit,
-        tz=s.tz,
-        dst_skipped=job.dst.skipped,
-        dst_repeated=job.dst.repeated,
-    )
-
-
-class Scheduler:
+class Scheduler(Dispatch):
     """Owns the schedule: which occurrence fires when, and what happens to it."""
 
     def __init__(
@@ -152,6 +79,7 @@ class Scheduler:
         self.on_skip = on_skip
         self.entries: dict[str, Entry] = {}
         self.records: dict[str, JobRecord] = {}
+        self.runs: dict[str, JobRuns] = {}  # by job name: outlives edits and removals
         self.heap: list[tuple[int, int, str, int, int]] = []
         self.slots = asyncio.Semaphore(max_concurrent)
         self.wake = asyncio.Event()
@@ -159,7 +87,7 @@ class Scheduler:
         self.stopping = False
         self._seq = itertools.count()
         self._versions = itertools.count(1)
-        self._open_counts: dict[str, int] = {}
+        self._run_ids = itertools.count(1)
         if claims is not None:
             claims.attach(self)
 
@@ -170,7 +98,8 @@ class Scheduler:
         self.records = self.store.load_jobs()
         left_open = self.store.open_occurrences()
         for occ in left_open:  # they count toward `limit` before anything new is planned
-            self._open_counts[occ.job] = self._open_counts.get(occ.job, 0) + 1
+            if occ.trigger != "manual":
+                self._runs_of(occ.job).pending += 1
         for loaded in jobs.values():
             self.upsert(loaded)
         self._resume_open(left_open)
@@ -194,23 +123,27 @@ class Scheduler:
         record.definition_hash = loaded.digest
         record.path = loaded.path
         self.records[name] = record
-        entry = self._replace_entry(entry, loaded, record)
+        # The runs in flight stay where they are: only the definition changes.
+        entry = Entry(
+            loaded, record, recurrence_of(loaded.job, record.anchor_ms), self._runs_of(name)
+        )
+        self.entries[name] = entry
+        entry.runs.hold(entry.held)
         self._reschedule(entry, now, catch_up=not new_schedule)
         self.store.save_job(record)
         log.debug("job.upserted", job=name, outcome=outcome, next_run_at=_iso(entry.due))
         return outcome
 
     def remove(self, name: str) -> bool:
-        """Take a job out of the schedule: a running attempt finishes, retries are cancelled."""
+        """Take a job out of the schedule: a running attempt finishes, the rest is cancelled."""
         entry = self.entries.pop(name, None)
         if entry is None:
             return False
-        for control in entry.controls.values():
-            control.halt("removed")
+        entry.runs.halt("removed")
         entry.record.removed_ms = to_ms(self.clock.now())
         entry.record.next_fire_ms = None
         self.store.save_job(entry.record)
-        log.info("job.removed", job=name, running=len(entry.tasks))
+        log.info("job.removed", job=name, running=len(entry.runs.active))
         self.wake.set()
         return True
 
@@ -221,9 +154,14 @@ class Scheduler:
         return self._set_paused(name, False)
 
     def _set_paused(self, name: str, paused: bool) -> JobRecord:
-        """A runtime pause (shared with other replicas); a file's `suspend` still wins."""
+        """A runtime pause (shared with other replicas); a file's `suspend` still wins.
+
+        A paused job starts no attempt: its pending retries and queued runs wait for
+        `resume`; an attempt in flight finishes (issue 18, bug 9).
+        """
         entry = self._entry(name)
         entry.record.paused = paused
+        entry.runs.hold(entry.held)
         self._reschedule(entry, self.clock.now(), catch_up=False)
         self.store.save_job(entry.record)
         if self.claims is not None:
@@ -232,12 +170,23 @@ class Scheduler:
         return entry.record
 
     def trigger(self, name: str) -> Occurrence:
-        """Run a job now, outside its schedule (still subject to its concurrency policy)."""
+        """Run a job now, outside its schedule (still subject to its concurrency policy).
+
+        Its instant never coincides with one of the schedule's (that would share the
+        scheduled run's key and drop it) nor with an earlier trigger's.
+        """
         entry = self._entry(name)
-        now_ms = to_ms(self.clock.now())
-        while self.store.get_occurrence(name, now_ms) is not None:
-            now_ms += 1  # two triggers within a millisecond stay two occurrences
+        now_ms = max(to_ms(self.clock.now()), entry.runs.last_manual_ms + 1)
+        while self._is_fire_instant(entry, now_ms):
+            now_ms += 1
+        entry.runs.last_manual_ms = now_ms
         return self._start(entry, now_ms, "manual")
+
+    def _is_fire_instant(self, entry: Entry, ms: int) -> bool:
+        if ms in (entry.record.last_scheduled_ms, entry.record.next_fire_ms):
+            return True
+        fire = next_fire(entry.rec, from_ms(ms - 1))
+        return fire is not None and to_ms(fire) == ms
 
     def _entry(self, name: str) -> Entry:
         entry = self.entries.get(name)
@@ -268,35 +217,26 @@ class Scheduler:
             record.anchor_ms, record.last_scheduled_ms = to_ms(now), None
         record.succeeded_hash = None
 
-    def _replace_entry(self, old: Entry | None, loaded: LoadedJob, record: JobRecord) -> Entry:
-        entry = Entry(loaded, record, recurrence_of(loaded.job, record.anchor_ms))
-        if old is not None:
-            entry.tasks, entry.controls = old.tasks, old.controls
-            entry.queued, entry.pending = old.queued, old.pending
-            entry.won = old.won
-        else:
-            entry.pending = self._open_counts.pop(loaded.job.name, 0)
-        self.entries[loaded.job.name] = entry
-        return entry
-
     # ---- computing the next occurrence ---------------------------------------------
 
     def _reserved(self, entry: Entry) -> int:
         """Executions that count toward `limit`: finished runs plus those in flight."""
-        return entry.record.execution_count + entry.pending
+        return entry.record.execution_count + entry.runs.pending
 
     def _reschedule(self, entry: Entry, now: datetime, *, catch_up: bool) -> None:
         entry.version = next(self._versions)  # older heap items for this job are now stale
         entry.due = None
-        record = entry.record
-        if entry.job.suspend or record.paused or self._one_shot_done(entry):
+        if entry.held or self._one_shot_done(entry):
             self._set_due(entry, None)
             return
         after = self._after(entry)
         if catch_up:
-            after, upcoming = self._catch_up(entry, after, now)
-            if upcoming is not None and self._reserved(entry) == entry.record.execution_count:
-                self._set_due(entry, upcoming)  # already computed by the missed-scan
+            count = entry.record.execution_count
+            missed = scan_missed(entry.rec, after, now - MIN_GRACE, count)
+            if missed.kept:
+                after = max(self._catch_up(entry, missed, now), after)
+            elif self._reserved(entry) == count:
+                self._set_due(entry, missed.beyond)  # already computed by the scan
                 return
         else:
             after = max(after, now - timedelta(milliseconds=1))
@@ -317,53 +257,27 @@ class Scheduler:
         # Survives restarts and edits that do not touch the definition.
         return entry.one_shot and entry.record.succeeded_hash == entry.record.definition_hash
 
-    def _catch_up(
-        self, entry: Entry, after: datetime, now: datetime
-    ) -> tuple[datetime, datetime | None]:
-        """Apply the catch-up policy to instants in (after, now - grace].
-
-        Returns the new `after` and, when nothing was missed, the next fire time.
-        """
-        missed, total, beyond = self._missed(entry, after, now - MIN_GRACE)
-        if not missed:
-            return after, beyond
-        decision = decide_catchup(missed, entry.job.catchup, now)
-        upcoming = next_fire(entry.rec, missed[-1], entry.record.execution_count)
-        if entry.job.catchup.policy == "latest" and upcoming is not None and upcoming <= now:
-            # An occurrence is due right now: it is the latest, nothing to catch up.
-            decision = CatchupDecision([], missed, "superseded by the occurrence due now")
+    def _catch_up(self, entry: Entry, missed: Missed, now: datetime) -> datetime:
+        """Apply the catch-up policy to missed instants; returns where the schedule resumes."""
         limit = entry.job.schedule.limit
-        room = len(decision.run) if limit is None else max(limit - self._reserved(entry), 0)
-        run, over = decision.run[:room], decision.run[room:]
+        room = None if limit is None else limit - self._reserved(entry)
+        plan = plan_catchup(entry.job, entry.rec, missed, now, entry.record.execution_count, room)
         log.warning(
             "schedule.catchup",
             job=entry.job.name,
-            missed=total,
-            run=len(run),
-            skipped=total - len(run),
+            missed=plan.total,
+            run=len(plan.run),
+            skipped=plan.total - len(plan.run),
             policy=entry.job.catchup.policy,
-            reason=decision.reason,
+            reason=plan.reason,
+            **({"missed_at_least": True} if missed.truncated else {}),
         )
-        for moment in decision.skip[-MAX_SKIPPED_ROWS:]:
-            self._skip(entry, to_ms(moment), f"missed: {decision.reason}")
-        for moment in over:
+        for moment in plan.skip:
+            self._skip(entry, to_ms(moment), f"missed: {plan.reason}")
+        for moment in plan.over_limit:
             self._skip(entry, to_ms(moment), "missed: limit reached")
-        self._start_chain(entry, [to_ms(m) for m in run], "catchup")
-        return max(missed[-1], after), None
-
-    def _missed(
-        self, entry: Entry, after: datetime, horizon: datetime
-    ) -> tuple[list[datetime], int, datetime | None]:
-        """Fire times in (after, horizon] (the last few hundred), their count, and the next one."""
-        kept: deque[datetime] = deque(maxlen=MAX_SKIPPED_ROWS + 100)
-        total, cursor, moment = 0, after, None
-        for _ in range(MAX_MISSED_SCAN):
-            moment = next_fire(entry.rec, cursor, entry.record.execution_count)
-            if moment is None or moment > horizon:
-                break
-            kept.append(moment)
-            total, cursor = total + 1, moment
-        return list(kept), total, moment
+        self._start_chain(entry, [to_ms(m) for m in plan.run], "catchup")
+        return plan.after
 
     def _set_due(self, entry: Entry, due: datetime | None) -> None:
         entry.due = due
@@ -382,16 +296,10 @@ class Scheduler:
         self.wake.set()
 
     def _status(self, entry: Entry) -> JobStatus:
-        record = entry.record
-        if entry.job.suspend:
-            return "suspended"
-        if record.paused:
-            return "paused"
-        if entry.tasks:
-            return "running" if len(entry.tasks) > entry.queued else "queued"
-        if entry.due is not None:
-            return "scheduled"
-        return "failed" if record.last_outcome == "failed" else "completed"
+        runs = entry.runs
+        return status_of(
+            entry.job, entry.record, active=bool(runs.active), running=runs.running, due=entry.due
+        )
 
     # ---- firing ----------------------------------------------------------------------
 
@@ -420,231 +328,13 @@ class Scheduler:
         return fired
 
     def _due(self, entry: Entry, scheduled_ms: int, now: datetime) -> None:
-        if self._late(entry, from_ms(scheduled_ms), now):
+        if is_late(entry.job, entry.rec, from_ms(scheduled_ms), now, entry.record.execution_count):
             # Late: downtime, a stalled loop or a forward clock step. Catch up by policy.
             entry.record.last_scheduled_ms = scheduled_ms - 1
             self._reschedule(entry, now, catch_up=True)
             return
         self._start(entry, scheduled_ms, "schedule")
         self._reschedule(entry, now, catch_up=False)
-
-    def _late(self, entry: Entry, scheduled: datetime, now: datetime) -> bool:
-        lateness = now - scheduled - timedelta(milliseconds=entry.job.jitter)
-        if lateness <= MIN_GRACE:
-            return False
-        following = next_fire(entry.rec, scheduled, entry.record.execution_count)
-        return lateness > lateness_grace(None if following is None else following - scheduled)
-
-    def _skip(
-        self, entry: Entry, scheduled_ms: int, reason: str, trigger: str = "schedule"
-    ) -> Occurrence:
-        occ = self._occurrence(entry, scheduled_ms, trigger)
-        occ.state, occ.reason, occ.finished_ms = "skipped", reason, occ.created_ms
-        if trigger != "manual":  # a manual run does not move the schedule
-            entry.record.last_scheduled_ms = max(entry.record.last_scheduled_ms or 0, scheduled_ms)
-        if self.store.plan(occ, entry.record):
-            log.info(
-                "run.skipped",
-                job=entry.job.name,
-                scheduled_at=_iso(from_ms(scheduled_ms)),
-                reason=reason,
-            )
-            if self.on_skip is not None:
-                self.on_skip(entry.job)
-        return occ
-
-    def _occurrence(self, entry: Entry, scheduled_ms: int, trigger: str) -> Occurrence:
-        now_ms = to_ms(self.clock.now())
-        key = idempotency_key(entry.job.name, scheduled_ms)
-        return Occurrence(entry.job.name, scheduled_ms, key, trigger=trigger, created_ms=now_ms)
-
-    def _start(self, entry: Entry, scheduled_ms: int, trigger: str) -> Occurrence:
-        policy = entry.job.concurrency
-        # With replicas, a task waiting for (or having lost) its claim runs nothing here.
-        busy = bool(entry.tasks) if self.claims is None else entry.won > 0
-        if busy and policy == "forbid":
-            return self._skip(
-                entry, scheduled_ms, "previous run still running (concurrency forbid)", trigger
-            )
-        if entry.tasks and policy == "replace":
-            for key, task in list(entry.tasks.items()):
-                entry.controls[key].halt("replaced")
-                task.cancel()
-        occ = self._plan(entry, scheduled_ms, trigger)
-        if occ is not None:
-            self._spawn(entry, [occ])
-        return occ or self._occurrence(entry, scheduled_ms, trigger)
-
-    def _start_chain(self, entry: Entry, instants: list[int], trigger: str) -> None:
-        """Catch-up runs of one job go one after another, each its own occurrence."""
-        planned = [o for o in (self._plan(entry, ms, trigger) for ms in instants) if o is not None]
-        if planned:
-            self._spawn(entry, planned)
-
-    def _plan(self, entry: Entry, scheduled_ms: int, trigger: str) -> Occurrence | None:
-        """Write the occurrence before anything is called, so a crash never forgets it."""
-        occ = self._occurrence(entry, scheduled_ms, trigger)
-        if trigger != "manual":
-            entry.record.last_scheduled_ms = max(entry.record.last_scheduled_ms or 0, scheduled_ms)
-        entry.record.status = "queued"
-        limit = None if trigger == "manual" else entry.job.schedule.limit
-        if not self.store.plan(occ, entry.record, limit=limit):
-            log.warning("run.duplicate", job=entry.job.name, scheduled_ms=scheduled_ms)
-            return None
-        entry.pending += 1
-        return occ
-
-    def _spawn(self, entry: Entry, occs: list[Occurrence]) -> None:
-        key = occs[0].scheduled_ms
-        control = RunControl()
-        entry.controls[key] = control
-        entry.queued += 1
-        task = asyncio.create_task(
-            self._execute(entry, occs, control, key), name=f"run:{entry.job.name}"
-        )
-        entry.tasks[key] = task
-
-    async def _execute(
-        self, entry: Entry, occs: list[Occurrence], control: RunControl, key: int
-    ) -> None:
-        started, won = False, False
-        lost: list[Occurrence] = []
-        try:
-            if self.claims is not None:
-                lost = await self._claim(entry, occs)
-                won = len(lost) < len(occs)
-                entry.won += won
-            async with self.slots:
-                entry.queued -= 1
-                started = True
-                for occ in occs:
-                    if control.stop.is_set():
-                        break
-                    if lost and any(occ is o for o in lost):
-                        continue
-                    if self.claims is not None and not self.claims.may_start(occ):
-                        break  # no lease to spare: left open for whoever holds one next
-                    await self._run_one(entry, occ, control)
-        finally:
-            if not started:
-                entry.queued -= 1
-            entry.won -= won
-            entry.tasks.pop(key, None)
-            entry.controls.pop(key, None)
-            for occ in occs:
-                if lost and any(occ is o for o in lost):
-                    entry.pending -= 1
-                    continue
-                self._finished(entry, occ, control)
-                if self.claims is not None:
-                    self.claims.released(occ)
-
-    async def _claim(self, entry: Entry, occs: list[Occurrence]) -> list[Occurrence]:
-        """Wait for the database's verdict on each claim; the ones another replica won."""
-        assert self.claims is not None
-        lost = []
-        for occ in occs:
-            if not await self.claims.claimed(occ):
-                log.debug("run.claimed_elsewhere", job=occ.job, scheduled_ms=occ.scheduled_ms)
-                lost.append(occ)
-        return lost
-
-    async def _run_one(self, entry: Entry, occ: Occurrence, control: RunControl) -> None:
-        now_ms = to_ms(self.clock.now())
-        occ.started_ms = occ.started_ms or now_ms
-        entry.record.status, entry.record.last_started_ms = "running", now_ms
-        # The executor writes the occurrence as running when an attempt starts.
-        try:
-            await self.executor(entry.job, occ, entry.due, control)
-        except asyncio.CancelledError:
-            if control.reason == "replaced":
-                occ.state, occ.reason = (
-                    "cancelled",
-                    "replaced by a newer occurrence (concurrency replace)",
-                )
-            raise  # on shutdown the occurrence stays open and resumes after restart
-        except Exception as exc:  # a bug must fail this occurrence, not strand it as running
-            log.exception("run.crashed", job=entry.job.name, scheduled_ms=occ.scheduled_ms)
-            occ.state, occ.last_error = "failed", f"internal error: {type(exc).__name__}: {exc}"
-
-    def _finished(self, entry: Entry, occ: Occurrence, control: RunControl) -> None:
-        if occ.state in OPEN_STATES and control.reason == "removed":
-            occ.state, occ.reason = "cancelled", "job removed; pending retries cancelled"
-        if occ.state in OPEN_STATES:
-            if self.claims is not None:
-                entry.pending -= 1  # its lease decides who resumes it, maybe another replica
-            return  # interrupted by shutdown or a crash: left open on purpose
-        entry.pending -= 1
-        record = entry.record
-        now_ms = to_ms(self.clock.now())
-        occ.finished_ms = occ.finished_ms or now_ms
-        if occ.started_ms is not None and occ.duration_ms is None:
-            occ.duration_ms = now_ms - occ.started_ms
-        if occ.state in RAN_STATES:
-            record.execution_count += 1
-            record.last_outcome, record.last_error = occ.state, occ.last_error
-            record.last_finished_ms = now_ms
-            record.retry_count = max(occ.attempts - 1, 0)
-            if occ.state == "succeeded" and entry.one_shot:
-                record.succeeded_hash = record.definition_hash
-        current = self.entries.get(entry.job.name)
-        if current is not None and current.record is record:
-            if current.due is None and not current.tasks:
-                self._reschedule(current, self.clock.now(), catch_up=False)
-            record.status = self._status(current)
-        self.store.finish(occ, record)
-
-    def _resume_open(self, open_occurrences: list[Occurrence]) -> None:
-        """Occurrences left planned or running by a crash or shutdown run again, same key."""
-        resumed: dict[str, list[Occurrence]] = {}
-        for occ in open_occurrences:
-            entry = self.entries.get(occ.job)
-            if entry is None and self.claims is not None:
-                self.claims.released(occ)  # a replica whose folder has the job will take it
-                continue
-            if entry is None:
-                occ.state, occ.reason = "cancelled", "job no longer defined"
-                occ.finished_ms = to_ms(self.clock.now())
-                self.store.update_occurrence(occ)
-                continue
-            log.info(
-                "run.resumed", job=occ.job, scheduled_ms=occ.scheduled_ms, attempts=occ.attempts
-            )
-            resumed.setdefault(occ.job, []).append(occ)
-        for name, occs in resumed.items():  # one job's open occurrences run in order
-            self._spawn(self.entries[name], occs)
-
-    # ---- replicas sharing a database (runner.store.Replica) --------------------------
-
-    def adopt(self, occurrences: list[Occurrence]) -> None:
-        """Run occurrences taken over from a replica whose lease expired (same keys)."""
-        by_job: dict[str, list[Occurrence]] = {}
-        for occ in occurrences:
-            entry = self.entries.get(occ.job)
-            if entry is None or occ.scheduled_ms in entry.tasks:
-                # Gone from our folder, or our own task still has it (its finish is
-                # written under the new token): nothing to start.
-                if entry is None:
-                    assert self.claims is not None
-                    self.claims.released(occ)
-                continue
-            log.warning(
-                "run.taken_over", job=occ.job, scheduled_ms=occ.scheduled_ms, attempts=occ.attempts
-            )
-            by_job.setdefault(occ.job, []).append(occ)
-        for name, occs in by_job.items():
-            entry = self.entries[name]
-            entry.pending += len(occs)
-            self._spawn(entry, occs)
-
-    def lease_lost(self, job: str, scheduled_ms: int) -> None:
-        """No new attempt of this job's runs here: an attempt in flight may still finish."""
-        entry = self.entries.get(job)
-        if entry is None:
-            return
-        log.warning("run.lease_lost", job=job, scheduled_ms=scheduled_ms)
-        for control in entry.controls.values():
-            control.halt("lease_lost")
 
     def shared(self, jobs: list[SharedJob]) -> None:
         """Apply what other replicas wrote: pause state, counts, results, first sighting."""
@@ -653,10 +343,15 @@ class Scheduler:
             record = self.records.get(shared.name)
             if record is None or shared.definition_hash != record.definition_hash:
                 continue  # another version of the job (folders sync at their own pace)
-            moved, counted = _merge_shared(record, shared)
+            if shared.paused != record.paused:
+                log.info(
+                    "job.paused" if shared.paused else "job.resumed", job=record.name, by="replica"
+                )
+            moved, counted = merge_shared(record, shared)
             entry = self.entries.get(shared.name)
             if entry is None or entry.record is not record:
                 continue
+            entry.runs.hold(entry.held)
             if moved or (counted and entry.job.schedule.limit is not None):
                 entry.rec = recurrence_of(entry.job, record.anchor_ms)
                 self._reschedule(entry, now, catch_up=False)
@@ -714,41 +409,6 @@ class Scheduler:
         self.stopping = True
         self.wake.set()
 
-    async def drain(self, grace_s: float) -> int:
-        """Stop retries, wait up to `grace_s` for attempts in flight; cancel the rest."""
-        self.stop()
-        tasks = [t for e in self.entries.values() for t in e.tasks.values()]
-        for entry in self.entries.values():
-            for control in entry.controls.values():
-                control.halt("shutdown")
-        if not tasks:
-            return 0
-        _, pending = await asyncio.wait(tasks, timeout=grace_s)
-        for task in pending:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*pending, return_exceptions=True)
-        log.info("scheduler.drained", finished=len(tasks) - len(pending), cancelled=len(pending))
-        return len(pending)
-
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
-
-
-def _merge_shared(record: JobRecord, shared: SharedJob) -> tuple[bool, bool]:
-    """Copy another replica's view into ours: (phase, pause or one-shot changed; count grew)."""
-    moved = shared.anchor_ms != record.anchor_ms or shared.paused != record.paused
-    if shared.paused != record.paused:
-        log.info("job.paused" if shared.paused else "job.resumed", job=record.name, by="replica")
-    record.anchor_ms, record.first_seen_ms = shared.anchor_ms, shared.first_seen_ms
-    record.paused = shared.paused
-    counted = shared.execution_count > record.execution_count  # `limit` may be reached
-    record.execution_count = max(record.execution_count, shared.execution_count)
-    if (shared.last_finished_ms or 0) >= (record.last_finished_ms or 0):
-        record.last_started_ms = shared.last_started_ms
-        record.last_finished_ms, record.last_outcome = shared.last_finished_ms, shared.last_outcome
-        record.last_error, record.retry_count = shared.last_error, shared.retry_count
-    if shared.succeeded_hash is not None and shared.succeeded_hash != record.succeeded_hash:
-        record.succeeded_hash, moved = shared.succeeded_hash, True
-    return moved, counted

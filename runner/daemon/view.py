@@ -57,11 +57,11 @@ class DaemonView:
         entry = self.scheduler.entries[name]
         return job_dict(entry.record, entry.job, entry.due)
 
-    def history(self, name: str, limit: int) -> list[dict[str, Any]] | None:
+    async def history(self, name: str, limit: int) -> list[dict[str, Any]] | None:
         if name not in self.scheduler.records:
             return None
         try:
-            occurrences = self.scheduler.store.history(name, limit)
+            occurrences = await self.scheduler.store.read_history(name, limit)
         except StoreUnavailable as exc:
             raise ValueError(str(exc)) from exc  # 409 with the reason, not a 500
         return [occurrence_dict(o) for o in occurrences]

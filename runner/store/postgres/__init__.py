@@ -7,6 +7,7 @@ from runner.store.postgres.claims import TAKEOVER_BATCH, Lease
 from runner.store.postgres.connection import (
     READ_TIMEOUT_S,
     SCHEMES,
+    StoreRejected,
     StoreUnavailable,
     default_replica_id,
     display_dsn,
@@ -23,6 +24,7 @@ __all__ = [
     "TAKEOVER_BATCH",
     "Lease",
     "PostgresStore",
+    "StoreRejected",
     "StoreUnavailable",
     "default_replica_id",
     "display_dsn",

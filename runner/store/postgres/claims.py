@@ -37,7 +37,8 @@ _SAVE_JOB = f"""
 """
 # One statement (autocommit): a replica cut off mid-way never leaves a lock behind.
 # Refused when, under the job row's lock, the job is paused, the same definition has
-# another first sighting, or `limit` is reached counting the runs still open. On a
+# another first sighting, or `limit` is reached counting the scheduled runs still open
+# (manual triggers are outside `limit`). On a
 # conflict with an open occurrence this replica already owns (a retried write whose
 # first try committed), it returns our token again.
 _CLAIM = f"""
@@ -49,7 +50,8 @@ _CLAIM = f"""
             NOT job.paused
             AND NOT (job.definition_hash = %(definition)s AND job.anchor_ms <> %(anchor)s)
             AND (%(limit)s::bigint IS NULL OR job.execution_count + (
-                SELECT count(*) FROM occurrences WHERE job = %(job)s AND {_OPEN}
+                SELECT count(*) FROM occurrences
+                WHERE job = %(job)s AND {_OPEN} AND trigger <> 'manual'
             ) < %(limit)s::bigint)
         ) AS ok
         FROM (SELECT 1) AS one LEFT JOIN job ON true
@@ -75,7 +77,7 @@ _FINISH = """
         RETURNING 1
     ), counted AS (
         UPDATE jobs SET
-            execution_count = execution_count + CASE WHEN %(ran)s THEN 1 ELSE 0 END,
+            execution_count = execution_count + CASE WHEN %(counted)s THEN 1 ELSE 0 END,
             last_outcome = CASE WHEN %(ran)s THEN %(state)s ELSE last_outcome END,
             last_error = CASE WHEN %(ran)s THEN %(error)s ELSE last_error END,
             last_started_ms = CASE WHEN %(ran)s THEN %(job_started)s ELSE last_started_ms END,

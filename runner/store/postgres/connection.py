@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
+from psycopg.abc import Buffer
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.string import StrDumperUnknown
 
 from runner.errors import RunnerError
 from runner.store import Replica
@@ -34,6 +36,28 @@ class StoreUnavailable(RunnerError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"state database unavailable: {reason}")
+
+
+class StoreRejected(StoreUnavailable):
+    """PostgreSQL refused a statement that would fail the same way again (bad data, a
+    constraint): the database is there, so the writer drops the write instead of
+    retrying it forever; other callers see it as a failed call, not an outage."""
+
+
+# Errors of the statement itself; connection problems are OperationalError/InterfaceError.
+_REJECTED = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.ProgrammingError,
+    psycopg.NotSupportedError,
+)
+
+
+class _NulSafeStr(StrDumperUnknown):
+    """Text columns refuse NUL (issue 18, bug 3): every string sent replaces it by U+FFFD."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd"))
 
 
 def is_dsn(state: str) -> bool:
@@ -88,6 +112,15 @@ class _Connections:
                 try:
                     result = await self._db("writer", write.run)
                     break
+                except StoreRejected as exc:
+                    log.error(
+                        "store.write_rejected",
+                        state=display_dsn(self.dsn),
+                        reason=exc.reason,
+                        decision="dropped: the same write cannot succeed on retry",
+                    )
+                    result = False
+                    break
                 except StoreUnavailable:
                     await self.clock.sleep(min(1.0, self.lease_s / 6))
             if write.done is not None and not write.done.done():
@@ -108,6 +141,7 @@ class _Connections:
                 # server ends it rather than keep its locks from the other replicas.
                 options=f"-c idle_in_transaction_session_timeout={int(self.timeout_s * 1000)}",
             )
+            conn.adapters.register_dumper(str, _NulSafeStr)
             self._conns[name] = conn
         return conn
 
@@ -131,6 +165,9 @@ class _Connections:
             raise StoreUnavailable("timeout")
         try:
             result = task.result()
+        except _REJECTED as exc:
+            self._up()  # it answered: the database is there, the statement is wrong
+            raise StoreRejected(f"{type(exc).__name__}: {str(exc).strip()[:200]}") from exc
         except (psycopg.Error, OSError) as exc:
             await self._drop(name)
             self._down(f"{type(exc).__name__}: {str(exc).strip()[:200]}")

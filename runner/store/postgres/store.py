@@ -45,8 +45,8 @@ class PostgresStore(_Claims):
 
     The scheduler calls `Store` methods synchronously from the event loop: here they queue
     the write for one writer task (in order, one transaction each) and return at once; the
-    claim's verdict is awaited by the run task (`claimed`). Only `history` and
-    `get_occurrence` (operator requests) read synchronously, with a 2 s timeout.
+    claim's verdict is awaited by the run task (`claimed`). Operator reads (`read_history`)
+    are awaited on a connection of their own, within the same client-side timeout.
     """
 
     def __init__(
@@ -195,6 +195,7 @@ class PostgresStore(_Claims):
             "owner": self.replica_id,
             "fencing": lease.fencing,
             "ran": o.state in ("succeeded", "failed"),
+            "counted": o.state in ("succeeded", "failed") and o.trigger != "manual",
             "job_started": r.last_started_ms,
             "job_finished": r.last_finished_ms,
             "retry_count": r.retry_count,
@@ -204,14 +205,17 @@ class PostgresStore(_Claims):
         }
         self._queue.put_nowait(_Write(lambda conn: self._finish(conn, key, params)))
 
-    def get_occurrence(self, job: str, scheduled_ms: int) -> Occurrence | None:
-        rows = self._read(f"{_SELECT_OCC} WHERE job = %s AND scheduled_ms = %s", job, scheduled_ms)
-        return Occurrence(*rows[0]) if rows else None
+    async def read_history(self, job: str, limit: int = 50) -> list[Occurrence]:
+        """On the loop, never blocking it: a connection of its own, the client-side timeout
+        of every database call (issue 18, bug 4: a blocking read on a dropped network
+        stalled the loop for 40 s)."""
+        sql = f"{_SELECT_OCC} WHERE job = %s ORDER BY scheduled_ms DESC LIMIT %s"
 
-    def history(self, job: str, limit: int = 50) -> list[Occurrence]:
-        rows = self._read(
-            f"{_SELECT_OCC} WHERE job = %s ORDER BY scheduled_ms DESC LIMIT %s", job, limit
-        )
+        async def work(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cursor = await conn.execute(sql, (job, limit))
+            return await cursor.fetchall()
+
+        rows = await self._db("reader", work)
         return [Occurrence(*row) for row in rows]
 
     def prune(self, before_ms: int) -> int:
