@@ -1,7 +1,8 @@
 """Fire lateness, CPU and peak RSS: the real daemon against APScheduler 3, same workloads.
 
     .venv/bin/python bench/harness.py [--sizes 1000,10000,100000] [--burst 10000]
-        [--spread 60] [--only runner|apscheduler] [--profile DIR] [--out bench/RESULTS.md]
+        [--spread 60] [--only runner|apscheduler] [--peers httpx,aiohttp] [--profile DIR]
+        [--out bench/RESULTS.md]
 
 For each workload (N one-shot jobs whose instants are spread uniformly over `--spread`
 seconds, then `--burst` jobs all due at one instant) and each side, one fresh emulator
@@ -10,7 +11,9 @@ process (`python -m runner.ductape.emulator`, access log off) and one scheduler 
 - runner: `python -m runner run` on a temp jobs folder (1,000 jobs per generated file,
   `schedule: {start_at: <ms>}`) and a temp state file, JSON logs to a file;
 - apscheduler: bench/aps_worker.py, AsyncIOScheduler with one date job per instant,
-  each POSTing the same encrypted call through httpx.
+  each POSTing the same encrypted call through httpx ("apscheduler") and, as a second
+  peer in the same run, through aiohttp ("apscheduler+aiohttp"): a user picks the best
+  client available (`--peers` chooses).
 
 The scheduler starts well before the first instant (warm-up: the daemon's
 `daemon.started` log line, the worker's `ready`), then the harness waits for every call.
@@ -49,6 +52,7 @@ from runner.ductape import emulator as emu
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_PER_FILE = 1000
 CALLS_PATH = "/_emulator/calls"
+PEER_SIDES = {"httpx": "apscheduler", "aiohttp": "apscheduler+aiohttp"}
 
 
 @dataclass(frozen=True)
@@ -184,11 +188,14 @@ def start_runner(tmp: Path, url: str, profile: Path | None) -> tuple[subprocess.
     return proc, log
 
 
-def start_aps(tmp: Path, url: str, instants: list[int]) -> tuple[subprocess.Popen[bytes], Path]:
+def start_aps(
+    tmp: Path, url: str, instants: list[int], client: str
+) -> tuple[subprocess.Popen[bytes], Path]:
     source = tmp / "instants.json"
     source.write_text(json.dumps(instants))
     log = tmp / "aps.log"
     command = [sys.executable, str(ROOT / "bench" / "aps_worker.py"), "--base-url", url]
+    command += ["--client", client]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*command, "--instants", str(source)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
@@ -267,7 +274,8 @@ def measure(side: str, work: Workload, profile: Path | None) -> Result:
             proc, log = start_runner(tmp, url, profile)
             ready = '"daemon.started"'
         else:
-            proc, log = start_aps(tmp, url, instants)
+            client = next(c for c, name in PEER_SIDES.items() if name == side)
+            proc, log = start_aps(tmp, url, instants, client)
             ready = "ready"
         ps = psutil.Process(proc.pid)
         wait_for_line(log, ready, proc, limit_s=lead_s(work.jobs) + 60)
@@ -302,7 +310,7 @@ def count_errors(side: str, log: Path, calls: list[dict[str, Any]]) -> int:
     """Calls that did not succeed: non-ok outcomes at the emulator, plus client-side errors."""
     bad = sum(1 for c in calls if c["outcome"] != "ok")
     lines = log.read_text(errors="replace").splitlines()
-    if side == "apscheduler":
+    if side.startswith("apscheduler"):
         summary = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
         return bad + int(summary.get("errors", 0))
     for line in lines:
@@ -353,8 +361,13 @@ def ratios(results: list[Result]) -> str:
         "| workload | p50 ratio | p99 ratio | max ratio | CPU ratio | peak RSS ratio |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for label in dict.fromkeys(r.workload.label for r in results):
-        ours, theirs = by.get((label, "runner")), by.get((label, "apscheduler"))
+    pairs_of = [
+        (label, peer)
+        for label in dict.fromkeys(r.workload.label for r in results)
+        for peer in PEER_SIDES.values()
+    ]
+    for label, peer in pairs_of:
+        ours, theirs = by.get((label, "runner")), by.get((label, peer))
         if ours is None or theirs is None:
             continue
         pairs = [
@@ -365,7 +378,7 @@ def ratios(results: list[Result]) -> str:
             (theirs.peak_rss_mb, ours.peak_rss_mb),
         ]
         cells = [f"{a / b:.2f}" if b > 0 else "n/a" for a, b in pairs]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} ({peer}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -404,12 +417,16 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10_000)
     parser.add_argument("--spread", type=float, default=60.0, help="seconds")
     parser.add_argument("--only", choices=["runner", "apscheduler"])
+    parser.add_argument(
+        "--peers", default="httpx,aiohttp", help="APScheduler peers' HTTP clients, comma-separated"
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the daemon into this folder")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     command = shlex.join([".venv/bin/python", "bench/harness.py", *sys.argv[1:]])
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    sides = [args.only] if args.only else ["runner", "apscheduler"]
+    peers = [PEER_SIDES[p] for p in args.peers.split(",") if p]
+    sides = {"runner": ["runner"], "apscheduler": peers}.get(args.only, ["runner", *peers])
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     results = []

@@ -1,5 +1,8 @@
 """The Ductape HTTP client: one pooled connection set, one call per operation, typed failures.
 
+The transport is aiohttp, used directly: bench/transport.py measures it against httpx's
+pool and httpx over httpx-aiohttp's transport (see the README's Benchmarks section).
+
 Failures are classified into this tree (every class builds its message from typed fields):
 
     RunnerError                      (runner.errors)
@@ -21,16 +24,21 @@ over an unknown code, while a named permanent code wins over everything.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 
-import httpx
+import aiohttp
 import structlog
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from runner.ductape import wire
@@ -38,6 +46,9 @@ from runner.ductape.operations import Operation
 from runner.errors import RunnerError
 
 DEFAULT_BASE_URL = "https://api.ductape.app"
+# Idle keep-alive connections are dropped after this, before the server drops them: uvicorn
+# and Node's http server (what gateways commonly run) close idle connections after 5 s.
+KEEPALIVE_EXPIRY_S = 4.0
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRYABLE_CODES = frozenset(
     {
@@ -201,25 +212,33 @@ def failure_error(
     )
 
 
-def transport_error(operation: str, exc: httpx.HTTPError) -> DuctapeError:
+def transport_error(operation: str, exc: BaseException) -> DuctapeError:
     """Timeouts and connection trouble are retryable; a malformed URL or request is not."""
     detail = _describe(exc)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return RetryableError(operation, "timed out", detail=detail)
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+    if isinstance(exc, ValueError | aiohttp.NonHttpUrlClientError):
+        # aiohttp.InvalidURL is a ValueError; so are header values that cannot be sent.
         return PermanentError(operation, "request cannot be sent", detail=detail)
     return RetryableError(operation, "connection failed", detail=detail)
 
 
+def _label(exc: BaseException) -> str:
+    # Connect failures (refused, DNS, TLS handshake) keep one transport-neutral name.
+    return "ConnectError" if isinstance(exc, aiohttp.ClientConnectorError) else type(exc).__name__
+
+
 def _describe(exc: BaseException) -> str:
-    """'ReadError (ConnectionResetError: ...)': httpx often wraps the telling error silently."""
+    """'ConnectError (ConnectionRefusedError: ...)': the telling error is often a wrapped one."""
     chain = [exc]
     current = exc.__cause__ or exc.__context__
     while current is not None and len(chain) < 6:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    telling = next((e for e in chain if str(e)), None)
-    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        chain.insert(1, exc.os_error)
+    telling = next((e for e in chain[1:] if str(e)), None) or (exc if str(exc) else None)
+    name = _label(exc)
     if telling is None:
         return name
     if telling is exc:
@@ -227,14 +246,55 @@ def _describe(exc: BaseException) -> str:
     return f"{name} ({type(telling).__name__}: {telling})"
 
 
-class DuctapeClient:
-    """Execute operations through the SDK proxy over one pooled httpx.AsyncClient.
+# Set by _Connector._get in the calling task: did this request get a pooled connection?
+_REUSED: ContextVar[bool] = ContextVar("ductape_connection_reused", default=False)
+# Set by the caller: skip the pool, open a new connection.
+_FRESH: ContextVar[bool] = ContextVar("ductape_fresh_connection", default=False)
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 
-    The pool is small by default: httpx's per-call CPU grows with the number of pooled
-    connections times the requests queued in the pool (encode/httpx#3215; see
-    bench/dispatch.py). Callers beyond the limit wait on a semaphore here, outside httpx,
-    so its queue never grows past the pool size; the attempt timeout starts once a
-    connection slot is ours.
+
+class _Connector(aiohttp.TCPConnector):
+    """TCPConnector that says whether a request got a pooled connection, or skips the pool.
+
+    `_get` is aiohttp's "take an idle pooled connection" step (private, stable since 3.x;
+    tests/test_client_keepalive.py fails if it stops being called). A TraceConfig would
+    say the same through public API but costs every request a dozen signal sends.
+    """
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        if _FRESH.get():
+            return None
+        conn = await super()._get(key, traces)
+        _REUSED.set(conn is not None)
+        return conn
+
+
+def stale_connection(exc: BaseException) -> bool:
+    """The connection died before any response byte: what a server's idle close looks like.
+
+    ServerDisconnectedError with no partial response (its message is then text), a write
+    to a closing transport, or a reset / broken pipe (not a failure to connect).
+    """
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return isinstance(exc.message, str)
+    if isinstance(exc, aiohttp.ClientConnectionResetError):
+        return True
+    if isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.errno in _RESET_ERRNOS
+    return False
+
+
+class DuctapeClient:
+    """Execute operations through the SDK proxy over one pooled aiohttp.ClientSession.
+
+    At most `max_connections` calls are in flight: callers beyond that wait on a semaphore
+    here, and the attempt timeout starts once a connection slot is ours. Idle connections
+    expire after `keepalive_expiry_s`, before the server's own idle timeout closes them;
+    when the server closes one anyway just as a request goes out on it (no response byte
+    received), the request is sent once more on a new connection, within the same timeout
+    and the same attempt (the Idempotency-Key header makes a duplicate harmless).
+    `max_keepalive_connections=0` turns keep-alive off; any other value keeps up to
+    `max_connections` idle connections (aiohttp has no separate idle cap).
     """
 
     def __init__(
@@ -243,16 +303,16 @@ class DuctapeClient:
         *,
         max_connections: int = 16,
         max_keepalive_connections: int = 16,
-        transport: httpx.AsyncBaseTransport | None = None,
+        keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._credentials = credentials
         self._url = credentials.base_url.rstrip("/") + wire.EXECUTE_PATH
         self._clock = clock
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_keepalive_connections
-        )
-        self._http = httpx.AsyncClient(limits=limits, transport=transport, trust_env=False)
+        self._max_connections = max_connections
+        self._keepalive = max_keepalive_connections > 0
+        self._keepalive_expiry_s = keepalive_expiry_s
+        self._session: aiohttp.ClientSession | None = None  # made on first use, in a loop
         self._gate = asyncio.Semaphore(max_connections)
 
     async def __aenter__(self) -> DuctapeClient:
@@ -267,7 +327,26 @@ class DuctapeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = _Connector(
+                limit=self._max_connections,
+                limit_per_host=0,
+                force_close=not self._keepalive,
+                keepalive_timeout=self._keepalive_expiry_s if self._keepalive else None,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # The attempt's asyncio.timeout bounds the whole call, resend included.
+                timeout=aiohttp.ClientTimeout(total=None),
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
 
     def encode(self, op: Operation) -> wire.EncodedBody:
         """The request body for `op`, encrypted for this workspace."""
@@ -291,45 +370,62 @@ class DuctapeClient:
         }
         async with self._gate:
             started = time.perf_counter()
-            response = await self._post(op, encoded.content, headers, timeout_s)
+            status, content, retry_after = await self._post(op, encoded.content, headers, timeout_s)
             duration_ms = (time.perf_counter() - started) * 1000
-        return self._result(op, response, duration_ms)
+        return self._result(op, status, content, retry_after, duration_ms)
 
     async def _post(
         self, op: Operation, content: bytes, headers: dict[str, str], timeout_s: float
-    ) -> httpx.Response:
+    ) -> tuple[int, bytes, str | None]:
         try:
-            # httpx timeouts are per phase; the outer one bounds the whole call.
             async with asyncio.timeout(timeout_s):
-                return await self._http.post(
-                    self._url, content=content, headers=headers, timeout=timeout_s
-                )
+                try:
+                    return await self._send(content, headers, fresh=False)
+                except aiohttp.ClientError as exc:
+                    if not (_REUSED.get() and stale_connection(exc)):
+                        raise
+                    log.debug("ductape.resend", operation=op.name, reason=_describe(exc))
+                return await self._send(content, headers, fresh=True)
         except TimeoutError:
             raise RetryableError(
                 op.name, "timed out", detail=f"no answer in {timeout_s:g}s"
             ) from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             raise self._scrubbed(transport_error(op.name, exc)) from None
 
-    def _result(self, op: Operation, response: httpx.Response, duration_ms: float) -> Result:
-        parsed = wire.parse_response(response.status_code, response.content)
+    async def _send(
+        self, content: bytes, headers: dict[str, str], *, fresh: bool
+    ) -> tuple[int, bytes, str | None]:
+        _REUSED.set(False)
+        token = _FRESH.set(fresh)
+        try:
+            response = await self._http().post(self._url, data=content, headers=headers)
+        finally:
+            _FRESH.reset(token)
+        _REUSED.set(False)  # a response head arrived: a later failure is never resent
+        async with response:
+            return response.status, await response.read(), response.headers.get("Retry-After")
+
+    def _result(
+        self,
+        op: Operation,
+        status: int,
+        content: bytes,
+        retry_after: str | None,
+        duration_ms: float,
+    ) -> Result:
+        parsed = wire.parse_response(status, content)
         log.debug(
             "ductape.call",
             operation=op.name,
-            http_status=response.status_code,
+            http_status=status,
             ok=isinstance(parsed, wire.ProxySuccess),
             duration_ms=round(duration_ms, 1),
         )
         if isinstance(parsed, wire.ProxyFailure):
-            after = parse_retry_after(response.headers.get("retry-after"), self._clock())
+            after = parse_retry_after(retry_after, self._clock())
             raise self._scrubbed(failure_error(op.name, parsed, after))
-        return Result(
-            parsed.data,
-            parsed.request_id,
-            parsed.execution_time_ms,
-            response.status_code,
-            duration_ms,
-        )
+        return Result(parsed.data, parsed.request_id, parsed.execution_time_ms, status, duration_ms)
 
     def _scrubbed(self, error: DuctapeError) -> DuctapeError:
         # Defence in depth: a gateway could echo the token back in its error text.
