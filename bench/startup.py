@@ -1,0 +1,94 @@
+"""Start-up of the real daemon on N cron jobs in F files: time to `daemon.started`, RSS per job.
+
+    .venv/bin/python bench/startup.py [--jobs 100000] [--files 100] [--profile out.prof]
+
+Writes the folder, starts `ductape-runner run --dry-run` (nothing is called) on a fresh
+state file and on the same state again (a restart), and prints a table. `--profile`
+runs the first start under cProfile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+ZONES = ["UTC", "America/New_York", "Europe/Amsterdam", "Asia/Kolkata", "Australia/Lord_Howe"]
+
+
+def write_folder(folder: Path, jobs: int, files: int) -> None:
+    folder.mkdir(parents=True)
+    per_file = -(-jobs // files)
+    for f in range(files):
+        lines = ["jobs:"]
+        for i in range(f * per_file, min((f + 1) * per_file, jobs)):
+            cron = f"{i % 60} {(i // 60) % 24} * * *"
+            lines.append(
+                f"  - {{name: c{i:06d}, kind: quota, product: p, env: dev, tag: t,"
+                f" schedule: {{cron: '{cron}', tz: {ZONES[i % len(ZONES)]}}}}}"
+            )
+        (folder / f"jobs-{f:04d}.yaml").write_text("\n".join(lines) + "\n")
+
+
+def start(tmp: Path, profile: Path | None) -> tuple[float, int]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp),
+        "DUCTAPE_RUNNER_JOBS_DIR": str(tmp / "jobs.d"),
+        "DUCTAPE_RUNNER_STATE": str(tmp / "state.sqlite3"),
+        "DUCTAPE_RUNNER_CONTROL_SOCKET": str(tmp / "control.sock"),
+        "DUCTAPE_RUNNER_LOG_JSON": "true",
+    }
+    command = [sys.executable]
+    if profile is not None:
+        command += ["-m", "cProfile", "-o", str(profile)]
+    command += ["-m", "runner", "run", "--dry-run"]
+    log = tmp / "runner.log"
+    started = time.monotonic()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        while time.monotonic() - started < 600:
+            if proc.poll() is not None:
+                raise SystemExit(f"daemon exited {proc.returncode}: {log.read_text()[-2000:]}")
+            if b'"daemon.started"' in log.read_bytes():
+                ready_s = time.monotonic() - started
+                rss = psutil.Process(proc.pid).memory_info().rss
+                return ready_s, rss
+            time.sleep(0.05)
+        raise SystemExit("daemon not started within 600 s")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--profile", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        write_folder(tmp / "jobs.d", args.jobs, args.files)
+        rows = []
+        for label, profile in (("fresh state", args.profile), ("restart", None)):
+            ready_s, rss = start(tmp, profile)
+            rows.append((label, ready_s, rss))
+    print(f"{args.jobs:,} cron jobs in {args.files} files, `run --dry-run`, to daemon.started")
+    print("| start | ready (s) | RSS (MiB) | RSS per job (B) |\n|---|---:|---:|---:|")
+    for label, ready_s, rss in rows:
+        print(f"| {label} | {ready_s:.2f} | {rss / 2**20:.0f} | {rss / args.jobs:,.0f} |")
+    print(json.dumps({"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
