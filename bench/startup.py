@@ -4,7 +4,7 @@
 
 Writes the folder, starts `ductape-runner run --dry-run` (nothing is called) on a fresh
 state file and on the same state again (a restart), and prints a table. `--profile`
-runs the first start under cProfile.
+runs both starts under cProfile (PATH.fresh.prof, PATH.restart.prof).
 """
 
 from __future__ import annotations
@@ -80,7 +80,15 @@ def main() -> None:
         tmp = Path(tmp_name)
         write_folder(tmp / "jobs.d", args.jobs, args.files)
         rows = []
-        for label, profile in (("fresh state", args.profile), ("restart", None)):
+        profiles = (
+            (None, None)
+            if args.profile is None
+            else (
+                args.profile.with_suffix(".fresh.prof"),
+                args.profile.with_suffix(".restart.prof"),
+            )
+        )
+        for label, profile in zip(("fresh state", "restart"), profiles, strict=True):
             ready_s, rss = start(tmp, profile)
             rows.append((label, ready_s, rss))
     print(f"{args.jobs:,} cron jobs in {args.files} files, `run --dry-run`, to daemon.started")

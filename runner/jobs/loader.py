@@ -199,8 +199,9 @@ def load_file(
     entries = list(_job_entries(docs, shown, result))
     # The file stem names the job only when the file holds exactly one, unlisted job.
     stem = path.stem if len(entries) == 1 and not entries[0][1] else None
+    has_refs = "${" in text  # once per file: per entry it scanned the file 1,000 times
     for doc, base, job_data in entries:
-        _validate_entry(result, doc, base, job_data, stem, defaults, "${" in text)
+        _validate_entry(result, doc, base, job_data, stem, defaults, has_refs)
     if len(result.jobs) > limits.max_jobs_per_file:
         result.problems.append(
             Problem(shown, 1, 1, "jobs", f"more than {limits.max_jobs_per_file} jobs in one file")
