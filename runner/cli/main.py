@@ -120,11 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--emulator", action="store_true", help="run against the built-in Ductape emulator"
     )
+    _emulator_port(run)
     run.set_defaults(handler=cmd_run)
 
     demo = sub.add_parser("demo", help="run jobs.d against the built-in emulator (quick start)")
     _daemon(demo)
-    demo.add_argument("--base-url", metavar="URL", help="ignored")
+    _emulator_port(demo)
     demo.set_defaults(handler=cmd_demo)
 
     emu = sub.add_parser("emulator", help="serve the Ductape emulator (SDK proxy) for tests")
@@ -141,14 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         ctl.add_argument("job", nargs="?" if name == "status" else None, help="job name")
         if name == "history":
             ctl.add_argument(
-                "--limit", type=int, default=20, metavar="N", help="how many (default 20)"
+                "--limit", type=_positive, default=20, metavar="N", help="how many (default 20)"
             )
         ctl.set_defaults(handler=cmd_ctl, ctl_command=name)
 
     nxt = sub.add_parser("next", help="show a job's next fire times, as the daemon computes them")
     _folder(nxt, dsn=False)
     nxt.add_argument("job", help="job name (in the jobs folder) or a job file")
-    nxt.add_argument("-n", type=int, default=5, help="how many (default 5)")
+    nxt.add_argument("-n", type=_positive, default=5, metavar="N", help="how many (default 5)")
     nxt.add_argument(
         "--after", metavar="INSTANT", help="ISO 8601 instant to start from (default now)"
     )
@@ -162,6 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SHELLS = ("bash", "zsh", "fish")
+
+
+def _emulator_port(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--emulator-port", type=int, default=0, metavar="PORT",
+        help="loopback port of the built-in emulator (default: a free one)",
+    )  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    """A count of at least 1: `-n 0` or `-n -3` is a usage error, not an empty answer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -245,7 +264,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"dry_run": True})
     registry = SecretRegistry()
     configure(registry, json=settings.log_json, level=settings.log_level)
-    daemon = Daemon(settings, dict(os.environ), registry=registry, emulator=args.emulator)
+    daemon = Daemon(
+        settings,
+        dict(os.environ),
+        registry=registry,
+        emulator=args.emulator,
+        emulator_port=args.emulator_port,
+    )
     return asyncio.run(daemon.run())
 
 
