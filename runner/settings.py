@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,6 +53,20 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     log_json: bool | None = None  # default: JSON when stderr is not a terminal
 
+    @field_validator("control_tcp", mode="before")
+    @classmethod
+    def _tcp_address(cls, value: object) -> object:
+        """'' (e.g. `Environment=DUCTAPE_RUNNER_CONTROL_TCP=` in a drop-in) turns TCP off;
+        anything else must be [HOST:]PORT, so a typo is reported under this setting's name."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        port = value.rpartition(":")[2]
+        if not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"{value!r}: expected [HOST:]PORT, e.g. 127.0.0.1:9464 or 9464")
+        return value
+
 
 def load_settings(
     config: Path | None = None, environ: dict[str, str] | None = None, **overrides: Any
@@ -69,7 +83,7 @@ def load_settings(
     credentials = (environ or {}).get("CREDENTIALS_DIRECTORY")
 
     class _Sourced(Settings):
-        model_config = SettingsConfigDict(toml_file=path, secrets_dir=credentials)
+        model_config = SettingsConfigDict(toml_file=path, secrets_dir=credentials, title="settings")
 
         @classmethod
         def settings_customise_sources(

@@ -19,11 +19,69 @@ from runner.settings import Settings, load_settings
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML config file")
-    parser.add_argument("--jobs-dir", type=Path, help="folder of job files")
-    parser.add_argument("--state", help="SQLite path of the state database")
-    parser.add_argument("--base-url", help="Ductape base URL")
+STATE_HELP = "state database: a SQLite file, or a postgresql:// DSN (replicas)"
+STATE_FILE_HELP = "the daemon's SQLite state file (read only)"
+
+
+def _config(parser: argparse.ArgumentParser) -> None:
+    _paths(parser.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help="TOML config file (default /etc/ductape-runner/config.toml if present)",
+    ))  # fmt: skip
+
+
+def _paths(action: argparse.Action, kind: str = "file") -> None:
+    """Mark an argument as a file or folder for the completion scripts (see cmd_completion)."""
+    action.complete = kind  # type: ignore[attr-defined]
+
+
+def _folder(parser: argparse.ArgumentParser, *, dsn: bool) -> None:
+    """--config, --jobs-dir and --state: what reads the jobs folder and the state database."""
+    _config(parser)
+    _paths(
+        parser.add_argument("--jobs-dir", type=Path, metavar="DIR", help="folder of job files"),
+        "dir",
+    )
+    if dsn:
+        parser.add_argument("--state", metavar="PATH|DSN", help=STATE_HELP)
+    else:
+        _paths(parser.add_argument("--state", metavar="FILE", help=STATE_FILE_HELP))
+
+
+def _daemon(parser: argparse.ArgumentParser) -> None:
+    """Options of the running daemon (`run` and `demo`)."""
+    _folder(parser, dsn=True)
+    _paths(parser.add_argument("--socket", metavar="PATH", help="control API unix socket"))
+    parser.add_argument(
+        "--control-tcp", metavar="[HOST:]PORT",
+        help="also serve the control API (and /metrics) over TCP, e.g. 127.0.0.1:9464; "
+        "'' turns it off",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="default info"
+    )
+
+
+def _control(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that talk to a running daemon's control API."""
+    _config(parser)
+    _paths(parser.add_argument(
+        "--socket", metavar="PATH", help="control socket (default: the daemon's, as configured)"
+    ))  # fmt: skip
+    parser.add_argument("--url", help="control API over TCP instead, e.g. http://127.0.0.1:9464")
+    parser.add_argument(
+        "--json", action="store_true", default=None,
+        help="print JSON (the default when stdout is not a terminal)",
+    )  # fmt: skip
+
+
+CONTROL_COMMANDS = (
+    ("status", "jobs and their state (all, or one JOB)"),
+    ("history", "recent occurrences of JOB"),
+    ("trigger", "run JOB now"),
+    ("pause", "stop scheduling JOB until resumed"),
+    ("resume", "schedule JOB again"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,61 +92,95 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser("check", help="validate job files; exit 1 on any problem")
-    _common(check)
-    check.add_argument("paths", nargs="*", type=Path, help="files or folders")
-    check.add_argument("--format", choices=("text", "github", "json"), default="text")
+    _config(check)
+    _paths(
+        check.add_argument(
+            "--jobs-dir", type=Path, metavar="DIR", help="checked when no PATH is given"
+        ),
+        "dir",
+    )
+    _paths(check.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="files or folders (default: --jobs-dir)"
+    ))  # fmt: skip
+    check.add_argument(
+        "--format", choices=("text", "github", "json"), default="text",
+        help="text (default), GitHub Actions annotations, or a JSON array",
+    )  # fmt: skip
     check.set_defaults(handler=cmd_check)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of a job file")
-    schema.set_defaults(handler=cmd_schema)
+    schema.set_defaults(handler=cmd_schema, settings=False)
 
     run = sub.add_parser("run", help="run the daemon: watch the jobs folder and run jobs")
-    _common(run)
+    _daemon(run)
+    run.add_argument("--base-url", metavar="URL", help="Ductape's API")
     run.add_argument(
         "--dry-run", action="store_true", default=None, help="log operations, call nothing"
     )
     run.add_argument(
         "--emulator", action="store_true", help="run against the built-in Ductape emulator"
     )
+    _emulator_port(run)
     run.set_defaults(handler=cmd_run)
 
     demo = sub.add_parser("demo", help="run jobs.d against the built-in emulator (quick start)")
-    _common(demo)
+    _daemon(demo)
+    _emulator_port(demo)
     demo.set_defaults(handler=cmd_demo)
 
     emu = sub.add_parser("emulator", help="serve the Ductape emulator (SDK proxy) for tests")
     _emulator_args(emu)
-    emu.set_defaults(handler=cmd_emulator)
+    emu.set_defaults(handler=cmd_emulator, settings=False)
 
     plan = sub.add_parser("plan", help="print what the daemon would change now, changing nothing")
-    _common(plan)
+    _folder(plan, dsn=False)
     plan.set_defaults(handler=cmd_plan)
 
-    for name, text in (
-        ("status", "jobs and their state (all, or one JOB)"),
-        ("history", "recent occurrences of JOB"),
-        ("trigger", "run JOB now"),
-        ("pause", "stop scheduling JOB until resumed"),
-        ("resume", "schedule JOB again"),
-    ):
+    for name, text in CONTROL_COMMANDS:
         ctl = sub.add_parser(name, help=text)
-        _common(ctl)
+        _control(ctl)
         ctl.add_argument("job", nargs="?" if name == "status" else None, help="job name")
-        ctl.add_argument("--json", action="store_true", default=None, help="print JSON")
-        ctl.add_argument("--socket", help="control socket (default: as the daemon)")
-        ctl.add_argument("--url", help="control API over TCP, e.g. http://127.0.0.1:9464")
         if name == "history":
-            ctl.add_argument("--limit", type=int, default=20)
+            ctl.add_argument(
+                "--limit", type=_positive, default=20, metavar="N", help="how many (default 20)"
+            )
         ctl.set_defaults(handler=cmd_ctl, ctl_command=name)
 
     nxt = sub.add_parser("next", help="show a job's next fire times, as the daemon computes them")
-    _common(nxt)
+    _folder(nxt, dsn=False)
     nxt.add_argument("job", help="job name (in the jobs folder) or a job file")
-    nxt.add_argument("-n", type=int, default=5, help="how many (default 5)")
-    nxt.add_argument("--after", help="ISO 8601 instant to start from (default now)")
+    nxt.add_argument("-n", type=_positive, default=5, metavar="N", help="how many (default 5)")
+    nxt.add_argument(
+        "--after", metavar="INSTANT", help="ISO 8601 instant to start from (default now)"
+    )
     nxt.add_argument("--json", action="store_true", help="print a JSON array of ISO 8601 times")
     nxt.set_defaults(handler=cmd_next)
+
+    comp = sub.add_parser("completion", help="print a shell completion script")
+    comp.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    comp.set_defaults(handler=cmd_completion, settings=False)
     return parser
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+def _emulator_port(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--emulator-port", type=int, default=0, metavar="PORT",
+        help="loopback port of the built-in emulator (default: a free one)",
+    )  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    """A count of at least 1: `-n 0` or `-n -3` is a usage error, not an empty answer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -133,12 +225,23 @@ def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
 def _emulator_args(parser: argparse.ArgumentParser) -> None:
     from runner.ductape import emulator as emu
 
-    parser.add_argument("--host", default=emu.DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=emu.DEFAULT_PORT)
-    parser.add_argument("--workspace-id", default=emu.DEMO_WORKSPACE_ID)
-    parser.add_argument("--user-id", default=emu.DEMO_USER_ID)
-    parser.add_argument("--public-key", default=emu.DEMO_PUBLIC_KEY)
-    parser.add_argument("--access-token", default=emu.DEMO_ACCESS_TOKEN)
+    demo = "(default: the demo value)"
+    parser.add_argument(
+        "--host", default=emu.DEFAULT_HOST, help="address to listen on (%(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=emu.DEFAULT_PORT, help="port to listen on (%(default)s)"
+    )
+    parser.add_argument(
+        "--workspace-id", default=emu.DEMO_WORKSPACE_ID, help=f"workspace it accepts {demo}"
+    )
+    parser.add_argument("--user-id", default=emu.DEMO_USER_ID, help=f"user it accepts {demo}")
+    parser.add_argument(
+        "--public-key", default=emu.DEMO_PUBLIC_KEY, help=f"public key it accepts {demo}"
+    )
+    parser.add_argument(
+        "--access-token", default=emu.DEMO_ACCESS_TOKEN, help=f"access token it accepts {demo}"
+    )
 
 
 def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
@@ -161,7 +264,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"dry_run": True})
     registry = SecretRegistry()
     configure(registry, json=settings.log_json, level=settings.log_level)
-    daemon = Daemon(settings, dict(os.environ), registry=registry, emulator=args.emulator)
+    daemon = Daemon(
+        settings,
+        dict(os.environ),
+        registry=registry,
+        emulator=args.emulator,
+        emulator_port=args.emulator_port,
+    )
     return asyncio.run(daemon.run())
 
 
@@ -207,15 +316,45 @@ def cmd_next(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace, settings: Settings) -> int:
+    """Generated from this parser by shtab (imported here: it costs ~70 ms at start-up)."""
+    import shtab
+
+    parser = build_parser()
+    kinds = {"file": shtab.FILE, "dir": shtab.DIRECTORY}
+    for action in _all_actions(parser):
+        if isinstance(getattr(action, "complete", None), str):
+            action.complete = kinds[action.complete]  # type: ignore[attr-defined]
+    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    found = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += _all_actions(child)
+    return found
+
+
 def _settings(args: argparse.Namespace) -> Settings:
+    if not getattr(args, "settings", True):
+        return Settings.model_construct()  # commands that read no settings
     return load_settings(
         getattr(args, "config", None),
         environ=dict(os.environ),
         jobs_dir=getattr(args, "jobs_dir", None),
         state=getattr(args, "state", None),
         base_url=getattr(args, "base_url", None),
+        control_socket=getattr(args, "socket", None) if args.command in DAEMONS else None,
+        control_tcp=getattr(args, "control_tcp", None),
+        log_level=getattr(args, "log_level", None),
         credentials_directory=os.environ.get("CREDENTIALS_DIRECTORY"),
     )
+
+
+DAEMONS = ("run", "demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,7 @@ def configure(registry: SecretRegistry, *, json: bool | None = None, level: str 
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_own_events_or_warnings)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -49,6 +50,14 @@ def configure(registry: SecretRegistry, *, json: bool | None = None, level: str 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request at INFO; keep it at WARNING unless asked for debug.
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "uvicorn.error"):
-        logging.getLogger(noisy).setLevel("DEBUG" if level == "debug" else "WARNING")
+    # The filter below drops these anyway; their level spares building the records
+    # (httpx logs every request at INFO, watchfiles every batch of changes).
+    for noisy in ("httpx", "httpcore", "uvicorn", "watchfiles", "asyncio"):
+        logging.getLogger(noisy).setLevel("WARNING")
+
+
+def _own_events_or_warnings(record: logging.LogRecord) -> bool:
+    """The stream holds the runner's events (README, "Log events"); other libraries' INFO
+    and DEBUG lines ("3 changes detected", "Started server process") are not events, at
+    any level. Their warnings and errors still pass."""
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] == "runner"

@@ -51,12 +51,13 @@ class Daemon:
         registry: SecretRegistry,
         clock: Clock | None = None,
         emulator: bool = False,
+        emulator_port: int = 0,
     ) -> None:
         self.settings = settings
         self.environ = environ
         self.registry = registry
         self.clock = clock or SystemClock()
-        self.emulator = emulator
+        self.emulator, self.emulator_port = emulator, emulator_port
         self.requests: asyncio.Queue[str] = asyncio.Queue()
         self.interrupts = 0
         self.exit_status = 0
@@ -182,11 +183,12 @@ class Daemon:
         return display_dsn(state) if is_dsn(state) else state
 
     async def _start_emulator(self) -> Any:
-        """The built-in Ductape emulator on a free loopback port, with the demo credentials."""
+        """The built-in Ductape emulator on loopback (free port unless set), demo credentials."""
         from runner.ductape import emulator
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.emulator_port))
         port = sock.getsockname()[1]
         config = emulator.EmulatorConfig(
             host="127.0.0.1", port=port, access_log=False, uvicorn_logging=False
