@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=1024 * 1024, ge=1024)
     history_retention_days: int = Field(default=30, ge=1)
     max_concurrent_runs: int = Field(default=64, ge=1)
-    # Connections to Ductape; more costs CPU in httpx's pool (encode/httpx#3215).
+    # Connections to Ductape (aiohttp's pool), also the number of calls in flight to it.
     max_connections: int = Field(default=16, ge=1, le=256)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     control_socket: str | None = None  # default: the runtime directory (see control_socket_path)

@@ -1,4 +1,4 @@
-"""Logging: structlog for everything (stdlib and httpx records too), redacted, JSON off a TTY."""
+"""Logging: structlog for everything (stdlib records too), redacted, JSON off a TTY."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def configure(registry: SecretRegistry, *, json: bool | None = None, level: str 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The filter below drops these anyway; their level spares building the records
-    # (httpx logs every request at INFO, watchfiles every batch of changes).
-    for noisy in ("httpx", "httpcore", "uvicorn", "watchfiles", "asyncio"):
+    # (httpx and aiohttp log requests at INFO, watchfiles every batch of changes).
+    for noisy in ("httpx", "httpcore", "aiohttp", "uvicorn", "watchfiles", "asyncio"):
         logging.getLogger(noisy).setLevel("WARNING")
 
 
