@@ -1,4 +1,6 @@
-"""Hostile-input suite: bad files, odd files, many files and a file that never stops changing.
+"""Hostile-input suite: bad files, odd files, many files and a file that never stops changing;
+then a hostile environment: a full disk, a deleted, truncated, foreign or read-only state
+file, and other local users at the control API (issue 13).
 
 CI size: 3,000 files and a 3 s rewrite storm. Full size (100,000 files, 10 s storm):
 
@@ -10,12 +12,16 @@ its process exists. `pytest -s` prints the memory figures.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from runner.jobs.loader import load_file
@@ -154,3 +160,75 @@ def test_a_file_rewritten_every_10_ms_neither_stalls_nor_grows_the_daemon(
 
 def storm_text(version: int) -> str:
     return QUOTA + f"schedule: {{cron: '0 0 1 1 *'}}\ninput: {{version: {version}}}\n"
+
+
+# ---- a hostile environment (issue 13) ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str = "2m") -> Iterator[Path]:
+    """A tiny file system of its own (root only): fills up for real."""
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write until the file system is full; returns the filler to delete later."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 4096):
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def probe(d: SuiteDaemon, path: str) -> httpx.Response:
+    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
+    with httpx.Client(transport=transport, base_url="http://daemon", timeout=10) as client:
+        return client.get(path)
+
+
+def test_a_full_disk_starts_nothing_unwritten_goes_unhealthy_once_and_recovers(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    with tmpfs(tmp_path / "small") as small:
+        state = small / "state.sqlite3"
+        d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_STATE": str(state)})
+        d.state = state
+        d.write_job("heartbeat.yaml", HEARTBEAT)
+        d.start()
+        try:
+            wait_for(lambda: heartbeats(emulator) >= 2)
+            filler = fill(small)
+            unhealthy = wait_for(lambda: (r := probe(d, "/healthz")).status_code == 503 and r)
+            assert str(state) in unhealthy.json()["detail"]
+            assert "full" in unhealthy.json()["detail"]
+            time.sleep(0.5)  # a call in flight when the disk filled may still land
+            during = heartbeats(emulator)
+            time.sleep(3)
+            assert heartbeats(emulator) == during, "called Ductape with the disk full"
+            failed = d.events("state.write_failed")
+            assert len(failed) == 1 and failed[0]["level"] == "error"
+            filler.unlink()
+            wait_for(lambda: probe(d, "/healthz").status_code == 200)
+            wait_for(lambda: heartbeats(emulator) >= during + 2)
+            assert d.events("state.write_recovered")
+            # Every call made has its occurrence in the state file: written before the call.
+            wait_for(lambda: d.open_occurrences() == 0)
+            keys = {k for (k,) in d.query("SELECT idempotency_key FROM occurrences")}
+            called = {c["idempotency_key"] for c in emulator.calls()}
+            assert called <= keys, f"calls without an occurrence on disk: {called - keys}"
+            assert d.alive()
+        finally:
+            d.stop()

@@ -69,6 +69,7 @@ class Daemon:
         )
         self._last_ping = 0.0
         self._last_status = 0.0
+        self._last_check = 0.0
 
     # ---- start -----------------------------------------------------------------------
 
@@ -112,6 +113,7 @@ class Daemon:
             stale_after_s=max_sleep * 2 + 5,
             loaded=lambda: self.loaded,
             invalid=lambda: self.invalid,
+            state=self.store.health if isinstance(self.store, SqliteStore) else None,
         )
         try:
             jobs = await self._first_load()
@@ -231,6 +233,9 @@ class Daemon:
     def _tick(self) -> None:
         """Called by the scheduler loop on each pass: the watchdog is fed from the loop itself."""
         mono = self.clock.monotonic()
+        if isinstance(self.store, SqliteStore) and mono - self._last_check >= 1.0:
+            self.store.check()  # notices the state file's recovery (and, later, its loss)
+            self._last_check = mono
         if self.watchdog_s and mono - self._last_ping >= min(1.0, self.watchdog_s / 2):
             self.notifier.watchdog()
             self._last_ping = mono

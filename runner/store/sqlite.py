@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import fields
 from operator import attrgetter
 from pathlib import Path
 
-from runner.store import JobRecord, Occurrence
+import structlog
+
+from runner.store import JobRecord, Occurrence, StateError
+
+log = structlog.get_logger("runner.store")
+
+RECOVERED_AFTER_S = 3.0  # writes must succeed this long: a nearly full disk takes small ones
+WRITE_ADVICE = (
+    "free space on its file system or fix its permissions; "
+    "nothing is started until writes succeed again"
+)
 
 # Each entry migrates from version i to i+1; never edit a released one, append.
 MIGRATIONS: list[str] = [
@@ -96,6 +107,11 @@ class SqliteStore:
         self.db.execute("PRAGMA busy_timeout=5000")
         self._savepoints = 0
         self._closed = False
+        self._generation = 0  # counts rollbacks of the tick transaction after a failed write
+        self.failure: str | None = None  # why state writes fail now (None: they succeed)
+        self._failed_at = self._last_failure = 0.0
+        self._tick_plans: list[tuple[str, int]] = []  # planned in the open tick transaction
+        self._unsaved: set[tuple[str, int]] = set()  # planned, but their write was lost
         self.migrate()
 
     def migrate(self) -> int:
@@ -123,23 +139,38 @@ class SqliteStore:
         return {r.name: _fix_job(r) for r in records}
 
     def save_job(self, record: JobRecord) -> None:
-        self._tick_tx()
-        self.db.execute(_SAVE_JOB, _job_row(record))
+        with self._guard():
+            self._tick_tx()
+            self.db.execute(_SAVE_JOB, _job_row(record))
 
     def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
-        with self._unit():
-            cursor = self.db.execute(_PLAN_OCC, _occ_row(occurrence))
-            if cursor.rowcount != 1:
-                return False
-            self.db.execute(_SAVE_JOB, _job_row(record))
+        key = (occurrence.job, occurrence.scheduled_ms)
+        try:
+            with self._unit():
+                cursor = self.db.execute(_PLAN_OCC, _occ_row(occurrence))
+                if cursor.rowcount != 1:
+                    return False
+                self.db.execute(_SAVE_JOB, _job_row(record))
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            self._unsaved.add(key)  # its run writes it before calling, or calls nothing
+            return True
+        if self.db.in_transaction:
+            self._tick_plans.append(key)
         return True
 
     def update_occurrence(self, occurrence: Occurrence) -> None:
-        self._tick_tx()
-        self.db.execute(_SAVE_OCC, _occ_row(occurrence))
+        key = (occurrence.job, occurrence.scheduled_ms)
+        if occurrence.state == "running" and (self.failure or key in self._unsaved):
+            self._write_now(_SAVE_OCC, _occ_row(occurrence))  # raises StateError
+            self._unsaved.discard(key)
+            return
+        with self._guard():
+            self._tick_tx()
+            self.db.execute(_SAVE_OCC, _occ_row(occurrence))
 
     def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
-        with self._unit():
+        with self._guard(), self._unit():
             self.db.execute(_SAVE_OCC, _occ_row(occurrence))
             self.db.execute(_SAVE_JOB, _job_row(record))
 
@@ -166,13 +197,15 @@ class SqliteStore:
 
     def prune(self, before_ms: int) -> int:
         """Forget finished occurrences older than the retention horizon."""
-        self._tick_tx()
-        cursor = self.db.execute(
-            "DELETE FROM occurrences WHERE finished_ms IS NOT NULL AND finished_ms < ? "
-            "AND state NOT IN ('planned', 'running')",
-            (before_ms,),
-        )
-        return cursor.rowcount
+        with self._guard():
+            self._tick_tx()
+            cursor = self.db.execute(
+                "DELETE FROM occurrences WHERE finished_ms IS NOT NULL AND finished_ms < ? "
+                "AND state NOT IN ('planned', 'running')",
+                (before_ms,),
+            )
+            return cursor.rowcount
+        return 0
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -188,21 +221,25 @@ class SqliteStore:
             try:
                 yield
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            if self.db.in_transaction:  # else a failed write rolled it back
+                self.db.execute("COMMIT")
             return
-        name = f"sp{self._savepoints}"
+        name, generation = f"sp{self._savepoints}", self._generation
         self._savepoints += 1
         self.db.execute(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
-            self.db.execute(f"ROLLBACK TO {name}")
+            if generation == self._generation:
+                self.db.execute(f"ROLLBACK TO {name}")
             raise
         finally:
-            self.db.execute(f"RELEASE {name}")
-            self._savepoints -= 1
+            if generation == self._generation:  # else a failed write rolled it all back
+                self._savepoints -= 1
+                self.db.execute(f"RELEASE {name}")
 
     @contextlib.contextmanager
     def _unit(self) -> Iterator[None]:
@@ -238,9 +275,78 @@ class SqliteStore:
         return True
 
     def commit(self) -> None:
-        """Commit the pending tick transaction, if any (a no-op once closed)."""
-        if not self._closed and self.db.in_transaction:
+        """Commit the pending tick transaction, if any (a no-op once closed).
+
+        A failed COMMIT loses the tick's writes: the occurrences planned in it are marked
+        unsaved, so their runs write them first or call nothing (update_occurrence).
+        """
+        if self._closed or not self.db.in_transaction:
+            return
+        try:
             self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            return
+        self._tick_plans.clear()
+        self._recovered()
+
+    # ---- write failures (disk full, I/O errors, a read-only file) -----------------------
+
+    def health(self) -> tuple[bool, str]:
+        """(writable, what to tell the operator)."""
+        if self.failure is not None:
+            return False, f"state file {self.path}: {self.failure}; {WRITE_ADVICE}"
+        return True, ""
+
+    def check(self) -> None:
+        """Called about once a second: while writes fail, try one, to notice recovery."""
+        if self.failure is not None and not self.db.in_transaction:
+            with contextlib.suppress(StateError):
+                self._write_now("PRAGMA user_version = " + str(len(MIGRATIONS)), ())
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A write whose failure is recorded (unhealthy, logged once), not raised."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+
+    def _write_now(self, sql: str, params: tuple[object, ...]) -> None:
+        """One write in a transaction of its own, committed now; StateError if it fails."""
+        if self.db.in_transaction:
+            self.commit()  # the tick's writes go first (and may fail on their own)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(sql, params)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            raise StateError(self.path, f"cannot write: {exc}", WRITE_ADVICE) from None
+        self._recovered()
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        """Roll the tick's transaction back (SQLite may have already) and go unhealthy."""
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+        self._generation += 1
+        self._savepoints = 0
+        self._unsaved.update(self._tick_plans)
+        self._tick_plans.clear()
+        self._last_failure = time.monotonic()
+        if self.failure is None:
+            self.failure, self._failed_at = f"writes fail: {exc}", self._last_failure
+            log.error("state.write_failed", path=self.path, error=str(exc), advice=WRITE_ADVICE)
+
+    def _recovered(self) -> None:
+        """A write succeeded: healthy again once none has failed for RECOVERED_AFTER_S."""
+        now = time.monotonic()
+        if self.failure is not None and now - self._last_failure >= RECOVERED_AFTER_S:
+            self.failure = None
+            log.warning(
+                "state.write_recovered", path=self.path, failed_s=round(now - self._failed_at, 1)
+            )
 
 
 def _fix_job(record: JobRecord) -> JobRecord:
