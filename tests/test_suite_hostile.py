@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,3 +233,59 @@ def test_a_full_disk_starts_nothing_unwritten_goes_unhealthy_once_and_recovers(
             assert d.alive()
         finally:
             d.stop()
+
+
+def test_a_state_file_deleted_while_running_makes_it_unhealthy_and_starts_nothing(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    d.start()
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 2)
+        for path in tmp_path.glob("state.sqlite3*"):  # rm state.sqlite3*
+            path.unlink()
+        unhealthy = wait_for(lambda: (r := probe(d, "/healthz")).status_code == 503 and r)
+        assert f"{d.state} was deleted" in unhealthy.json()["detail"]
+        time.sleep(0.5)
+        during = heartbeats(emulator)
+        time.sleep(2.5)
+        assert heartbeats(emulator) == during, "kept calling with its state file gone"
+        lost = d.events("state.file_lost")
+        assert len(lost) == 1 and lost[0]["level"] == "error"
+    finally:
+        d.stop()
+
+
+def run_once(d: SuiteDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ductape-runner run` expected to refuse to start: its exit status and stderr."""
+    return subprocess.run(
+        [*d.prefix, sys.executable, "-m", "runner", "run", *args],
+        env=d.env,
+        cwd=d.tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_a_state_file_truncated_to_zero_is_refused_unless_reset_state(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    d.write_job("far.yaml", FAR)
+    d.start()
+    d.stop()
+    d.state.write_bytes(b"")  # truncated while the daemon was down
+    refused = run_once(d)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert str(d.state) in refused.stderr and "--reset-state" in refused.stderr
+    assert d.state.stat().st_size == 0  # left as it was
+    d.args = ("--reset-state",)
+    d.start()
+    try:
+        assert d.query("SELECT name FROM jobs") == [("far",)]
+        assert list(tmp_path.glob("state.sqlite3.reset-*"))  # the empty file, moved aside
+    finally:
+        d.stop()

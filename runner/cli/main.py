@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--emulator", action="store_true", help="run against the built-in Ductape emulator"
     )
+    run.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="move an empty or unreadable state file aside and start afresh",
+    )
     run.set_defaults(handler=cmd_run)
 
     demo = sub.add_parser("demo", help="run jobs.d against the built-in emulator (quick start)")
@@ -161,7 +166,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"dry_run": True})
     registry = SecretRegistry()
     configure(registry, json=settings.log_json, level=settings.log_level)
-    daemon = Daemon(settings, dict(os.environ), registry=registry, emulator=args.emulator)
+    daemon = Daemon(
+        settings,
+        dict(os.environ),
+        registry=registry,
+        emulator=args.emulator,
+        reset_state=getattr(args, "reset_state", False),
+    )
     return asyncio.run(daemon.run())
 
 

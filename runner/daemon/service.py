@@ -51,12 +51,14 @@ class Daemon:
         registry: SecretRegistry,
         clock: Clock | None = None,
         emulator: bool = False,
+        reset_state: bool = False,
     ) -> None:
         self.settings = settings
         self.environ = environ
         self.registry = registry
         self.clock = clock or SystemClock()
         self.emulator = emulator
+        self.reset_state = reset_state
         self.requests: asyncio.Queue[str] = asyncio.Queue()
         self.interrupts = 0
         self.exit_status = 0
@@ -166,7 +168,7 @@ class Daemon:
         """SQLite by default; a postgresql:// DSN shares the state between replicas."""
         s = self.settings
         if not is_dsn(s.state):
-            return SqliteStore(s.state)
+            return SqliteStore(s.state, reset=self.reset_state)
         return PostgresStore(s.state, self.clock, replica_id=s.replica_id, lease_s=s.lease_s)
 
     async def _connect(self, store: PostgresStore, jobs: dict[str, LoadedJob]) -> None:

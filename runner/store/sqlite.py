@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from runner.store import JobRecord, Occurrence, StateError
+from runner.store import JobRecord, Occurrence, StateError, statefile
 
 log = structlog.get_logger("runner.store")
 
@@ -97,10 +97,13 @@ class SqliteStore:
     """State in one SQLite file. WAL + synchronous=NORMAL survives a process crash
     (SIGKILL) without losing a committed transaction; only power loss can."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, reset: bool = False) -> None:
         self.path = str(path)
+        self.lost: str | None = None  # the file was deleted or replaced under us
+        self._identity: tuple[int, int] | None = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            statefile.prepare(self.path, reset=reset)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -113,6 +116,8 @@ class SqliteStore:
         self._tick_plans: list[tuple[str, int]] = []  # planned in the open tick transaction
         self._unsaved: set[tuple[str, int]] = set()  # planned, but their write was lost
         self.migrate()
+        if self.path != ":memory:":
+            self._identity = statefile.identity(self.path)
 
     def migrate(self) -> int:
         version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -161,7 +166,7 @@ class SqliteStore:
 
     def update_occurrence(self, occurrence: Occurrence) -> None:
         key = (occurrence.job, occurrence.scheduled_ms)
-        if occurrence.state == "running" and (self.failure or key in self._unsaved):
+        if occurrence.state == "running" and (self.failure or self.lost or key in self._unsaved):
             self._write_now(_SAVE_OCC, _occ_row(occurrence))  # raises StateError
             self._unsaved.discard(key)
             return
@@ -294,12 +299,24 @@ class SqliteStore:
 
     def health(self) -> tuple[bool, str]:
         """(writable, what to tell the operator)."""
+        if self.lost is not None:
+            return False, f"state file {self.path} {self.lost}; {statefile.LOST_ADVICE}"
         if self.failure is not None:
             return False, f"state file {self.path}: {self.failure}; {WRITE_ADVICE}"
         return True, ""
 
     def check(self) -> None:
-        """Called about once a second: while writes fail, try one, to notice recovery."""
+        """Called about once a second: is the file still there (a stat), and while writes
+        fail, try one, to notice recovery."""
+        if self._identity is not None and self.lost is None:
+            self.lost = statefile.lost(self.path, self._identity)
+            if self.lost is not None:
+                log.error(
+                    "state.file_lost",
+                    path=self.path,
+                    problem=self.lost,
+                    advice=statefile.LOST_ADVICE,
+                )
         if self.failure is not None and not self.db.in_transaction:
             with contextlib.suppress(StateError):
                 self._write_now("PRAGMA user_version = " + str(len(MIGRATIONS)), ())
@@ -314,6 +331,8 @@ class SqliteStore:
 
     def _write_now(self, sql: str, params: tuple[object, ...]) -> None:
         """One write in a transaction of its own, committed now; StateError if it fails."""
+        if self.lost is not None:
+            raise StateError(self.path, self.lost, statefile.LOST_ADVICE)
         if self.db.in_transaction:
             self.commit()  # the tick's writes go first (and may fail on their own)
         try:
