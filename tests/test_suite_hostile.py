@@ -289,3 +289,45 @@ def test_a_state_file_truncated_to_zero_is_refused_unless_reset_state(
         assert list(tmp_path.glob("state.sqlite3.reset-*"))  # the empty file, moved aside
     finally:
         d.stop()
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("damage", ["foreign", "truncated", "corrupt"])
+def test_a_foreign_truncated_or_corrupt_state_file_is_one_line_naming_it(
+    tmp_path: Path, emulator: RunningEmulator, damage: str
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    for i in range(200):  # enough rows for several pages
+        d.write_job(f"far-{i:03d}.yaml", FAR)
+    d.start()
+    d.stop()
+    data = d.state.read_bytes()
+    if damage == "foreign":
+        d.state.write_text("name,schedule\nreport,daily\n" * 200)
+    elif damage == "truncated":
+        d.state.write_bytes(data[: len(data) // 2])
+    else:  # a page in the middle overwritten
+        d.state.write_bytes(data[:4096] + b"\xa5" * 4096 + data[8192:])
+    assert_one_line_error(run_once(d), str(d.state), "--reset-state")
+
+
+def test_a_read_only_state_folder_is_one_line_naming_it(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    with tmpfs(tmp_path / "small") as small:
+        d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_STATE": str(small / "s.db")})
+        d.write_job("far.yaml", FAR)
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        assert_one_line_error(run_once(d), str(small / "s.db"), "write access", "--state")
+        subprocess.run(["mount", "-o", "remount,rw", str(small)], check=True)
+        d.start()  # a file made while writable, in a folder turned read-only since
+        d.stop()
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        assert_one_line_error(run_once(d), str(small / "s.db"), "write access", "--state")

@@ -102,12 +102,11 @@ class SqliteStore:
         self.lost: str | None = None  # the file was deleted or replaced under us
         self._identity: tuple[int, int] | None = None
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             statefile.prepare(self.path, reset=reset)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
+        try:
+            self.db = self._connect()
+        except sqlite3.Error as exc:
+            raise statefile.open_error(self.path, exc) from None
         self._savepoints = 0
         self._closed = False
         self._generation = 0  # counts rollbacks of the tick transaction after a failed write
@@ -115,16 +114,39 @@ class SqliteStore:
         self._failed_at = self._last_failure = 0.0
         self._tick_plans: list[tuple[str, int]] = []  # planned in the open tick transaction
         self._unsaved: set[tuple[str, int]] = set()  # planned, but their write was lost
-        self.migrate()
+        try:
+            self.migrate()
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise statefile.open_error(self.path, exc) from None
         if self.path != ":memory:":
             self._identity = statefile.identity(self.path)
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open in WAL mode, and check the file before trusting it (PRAGMA quick_check)."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            verdict = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+        except BaseException:
+            db.close()
+            raise
+        if verdict != ["ok"]:
+            db.close()
+            found = " ".join(" ".join(map(str, verdict)).split())  # rows hold newlines
+            problem = f"is corrupt (quick_check: {found})"
+            raise StateError(self.path, problem, statefile.RESET_ADVICE)
+        return db
 
     def migrate(self) -> int:
         version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"state database {self.path} is at schema version {version}, newer than this "
-                f"runner ({len(MIGRATIONS)}): upgrade the runner or use another state file"
+            raise StateError(
+                self.path,
+                f"is at schema version {version}, newer than this runner ({len(MIGRATIONS)})",
+                "upgrade the runner or use another state file",
             )
         for number in range(version, len(MIGRATIONS)):
             with self.db:

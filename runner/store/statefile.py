@@ -7,6 +7,7 @@ unless the operator asks for `--reset-state`.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -27,9 +28,33 @@ LOST_ADVICE = (
 SIDE_FILES = ("-wal", "-shm")
 
 
+def access_advice(path: str) -> str:
+    folder = Path(path).parent
+    return (
+        f"give the service's user read and write access to it and to its folder {folder} "
+        "(SQLite creates its -wal and -shm files there), or choose another path with --state"
+    )
+
+
+def open_error(path: str, exc: sqlite3.Error) -> StateError:
+    """What an error of SQLite while opening and checking the file means for the operator."""
+    text = str(exc)
+    if "not a database" in text:
+        problem = "is not a SQLite database (truncated, or a foreign file)"
+        return StateError(path, problem, RESET_ADVICE)
+    if "malformed" in text or "corrupt" in text:
+        return StateError(path, f"is corrupt ({text})", RESET_ADVICE)
+    return StateError(path, f"cannot be opened for writing ({text})", access_advice(path))
+
+
 def prepare(path: str, *, reset: bool) -> None:
     """Before connecting: refuse an empty file, or move the old one aside when resetting."""
     target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = f"its folder cannot be created ({exc.strerror})"
+        raise StateError(path, problem, access_advice(path)) from None
     try:
         size = target.stat().st_size
     except FileNotFoundError:
@@ -37,7 +62,11 @@ def prepare(path: str, *, reset: bool) -> None:
     except OSError as exc:
         raise StateError(path, f"cannot be read: {exc.strerror}", RESET_ADVICE) from None
     if reset:
-        _move_aside(target)
+        try:
+            _move_aside(target)
+        except OSError as exc:
+            problem = f"cannot be moved aside ({exc.strerror})"
+            raise StateError(path, problem, access_advice(path)) from None
     elif size == 0:
         raise StateError(path, "is empty (0 bytes): it was truncated", RESET_ADVICE)
 
