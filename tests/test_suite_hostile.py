@@ -331,3 +331,19 @@ def test_a_read_only_state_folder_is_one_line_naming_it(
         d.stop()
         subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
         assert_one_line_error(run_once(d), str(small / "s.db"), "write access", "--state")
+
+
+def test_the_state_file_and_its_wal_and_shm_are_0600_under_umask_022(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    d.prefix = ("sh", "-c", 'umask 022 && exec "$@"', "sh")
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    d.start()
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 1)
+        for suffix in ("", "-wal", "-shm"):
+            mode = Path(f"{d.state}{suffix}").stat().st_mode & 0o777
+            assert mode == 0o600, f"state.sqlite3{suffix} is {mode:o}"
+    finally:
+        d.stop()

@@ -104,7 +104,8 @@ class SqliteStore:
         if self.path != ":memory:":
             statefile.prepare(self.path, reset=reset)
         try:
-            self.db = self._connect()
+            with statefile.private_files(self.path):
+                self.db = self._connect()
         except sqlite3.Error as exc:
             raise statefile.open_error(self.path, exc) from None
         self._savepoints = 0

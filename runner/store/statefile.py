@@ -7,8 +7,11 @@ unless the operator asks for `--reset-state`.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -81,6 +84,25 @@ def _move_aside(target: Path) -> None:
             source.rename(aside)
             moved.append(str(aside))
     log.warning("state.reset", path=str(target), moved_to=moved)
+
+
+FILE_MODE = 0o600
+
+
+@contextlib.contextmanager
+def private_files(path: str) -> Iterator[None]:
+    """New state files are created 0600 whatever the umask (SQLite gives its -wal and
+    -shm the mode of the database file), and existing ones of ours are made 0600."""
+    for suffix in ("", *SIDE_FILES):
+        with contextlib.suppress(OSError):
+            side = Path(f"{path}{suffix}")
+            if side.stat().st_uid == os.geteuid() and side.stat().st_mode & 0o077:
+                side.chmod(FILE_MODE)
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def identity(path: str) -> tuple[int, int]:
