@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     control_socket: str | None = None  # default: the runtime directory (see control_socket_path)
     control_tcp: str | None = None  # e.g. "127.0.0.1:9464"; off by default
+    # Bearer token the TCP listener requires; unset: generated at start into TOKEN_FILE
+    # beside the control socket (0600). A systemd credential of this name also sets it.
+    control_token: SecretStr | None = None
     credentials_directory: str | None = None
     dry_run: bool = False
     quiet_period_s: float = Field(default=0.25, ge=0, le=5)
@@ -107,3 +110,24 @@ def control_socket_path(
     if environ.get("XDG_RUNTIME_DIR"):
         return str(Path(environ["XDG_RUNTIME_DIR"]) / "ductape-runner.sock")
     return f"/tmp/ductape-runner-{os.getuid()}.sock"
+
+
+TOKEN_FILE = "control.token"
+
+
+def control_token_path(
+    settings: Settings, environ: dict[str, str], *, client: bool = False
+) -> Path:
+    """Where the daemon writes a generated control token: beside its control socket."""
+    return Path(control_socket_path(settings, environ, client=client)).parent / TOKEN_FILE
+
+
+def client_control_token(settings: Settings, environ: dict[str, str]) -> str | None:
+    """The token for `--url`: the control_token setting (config, environment or
+    credential), else the file the daemon generated, if this user may read it."""
+    if settings.control_token is not None:
+        return settings.control_token.get_secret_value()
+    try:
+        return control_token_path(settings, environ, client=True).read_text().strip() or None
+    except OSError:
+        return None

@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -345,5 +346,57 @@ def test_the_state_file_and_its_wal_and_shm_are_0600_under_umask_022(
         for suffix in ("", "-wal", "-shm"):
             mode = Path(f"{d.state}{suffix}").stat().st_mode & 0o777
             assert mode == 0o600, f"state.sqlite3{suffix} is {mode:o}"
+    finally:
+        d.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ctl(
+    d: SuiteDaemon, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        env={**d.env, **(env or {})},
+        cwd=d.tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_another_local_user_cannot_pause_or_trigger_over_tcp_without_the_token(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_CONTROL_TCP": f"127.0.0.1:{port}"})
+    d.write_job("far.yaml", FAR)
+    d.start()
+    try:
+        with httpx.Client(base_url=url, trust_env=False) as anyone:
+            assert anyone.get("/healthz").status_code == 200
+            assert anyone.get("/metrics").status_code == 200
+            assert anyone.post("/jobs/far/pause").status_code == 401
+            assert anyone.post("/jobs/far/trigger").status_code == 401
+            wrong = {"Authorization": "Bearer " + "x" * 43}
+            assert anyone.post("/jobs/far/trigger", headers=wrong).status_code == 401
+        token_file = tmp_path / "control.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        assert len(token) >= 32 and token not in d.output()
+        # The CLI finds the generated token beside the socket, or takes it from the setting.
+        paused = ctl(d, "pause", "far", "--url", url, "--json")
+        assert paused.returncode == 0, paused.stderr
+        token_file.unlink()
+        refused = ctl(d, "resume", "far", "--url", url)
+        assert refused.returncode == 1 and "Bearer" in refused.stderr
+        resumed = ctl(d, "resume", "far", "--url", url, env={"DUCTAPE_RUNNER_CONTROL_TOKEN": token})
+        assert resumed.returncode == 0, resumed.stderr
+        assert emulator.calls() == []
     finally:
         d.stop()

@@ -38,11 +38,13 @@ def run_ctl(
     out: TextIO,
     err: TextIO | None = None,
     limit: int = 20,
+    token: str | None = None,
 ) -> int:
     """Run one control command against the daemon; returns the exit code.
 
     `url` (http://127.0.0.1:9464) wins over `socket`; with neither, DEFAULT_SOCKET.
-    `as_json` None means: JSON unless `out` is a terminal.
+    `as_json` None means: JSON unless `out` is a terminal. `token` is sent as
+    `Authorization: Bearer` over TCP (the unix socket needs none).
     """
     err = err if err is not None else sys.stderr
     if command not in COMMANDS:
@@ -55,7 +57,7 @@ def run_ctl(
     try:
         if not url:
             _probe(socket or DEFAULT_SOCKET)
-        with _client(socket, url) as client:
+        with _client(socket, url, token) as client:
             payload = _request(client, command, job, limit)
     except _Refused as exc:
         print(f"error: {exc.message}", file=err)
@@ -77,9 +79,10 @@ def _probe(path: str) -> None:
         probe.connect(path)
 
 
-def _client(socket: str | None, url: str | None) -> httpx.Client:
+def _client(socket: str | None, url: str | None, token: str | None = None) -> httpx.Client:
     if url:
-        return httpx.Client(base_url=url, timeout=TIMEOUT_S, trust_env=False)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return httpx.Client(base_url=url, timeout=TIMEOUT_S, trust_env=False, headers=headers)
     transport = httpx.HTTPTransport(uds=socket or DEFAULT_SOCKET)
     # The host is never resolved over a unix socket; it only fills the Host header.
     return httpx.Client(

@@ -191,9 +191,10 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
     from runner.cli.ctl import run_ctl
-    from runner.settings import control_socket_path
+    from runner.settings import client_control_token, control_socket_path
 
     socket = args.socket or control_socket_path(settings, dict(os.environ), client=True)
+    token = client_control_token(settings, dict(os.environ)) if args.url else None
     return run_ctl(
         args.ctl_command,
         args.job,
@@ -203,6 +204,7 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
         out=sys.stdout,
         err=sys.stderr,
         limit=getattr(args, "limit", 20),
+        token=token,
     )
 
 

@@ -18,7 +18,7 @@ import structlog
 from pydantic import SecretStr
 
 from runner.daemon.control import build_control_app
-from runner.daemon.control_server import serve_control
+from runner.daemon.control_server import serve_control, write_token
 from runner.daemon.execute import DuctapeExecutor, RunHooks
 from runner.daemon.folder import FolderReconciler
 from runner.daemon.metrics import Metrics
@@ -31,7 +31,7 @@ from runner.ductape.client import Credentials, DuctapeClient
 from runner.jobs.loader import Defaults, Limits, LoadedJob
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretRegistry
-from runner.settings import Settings, control_socket_path
+from runner.settings import Settings, control_socket_path, control_token_path
 from runner.store import Occurrence, Store
 from runner.store.postgres import PostgresStore, StoreUnavailable, display_dsn, is_dsn
 from runner.store.sqlite import SqliteStore
@@ -210,9 +210,16 @@ class Daemon:
         return server
 
     async def _start_control(self) -> Any:
-        app = build_control_app(self.view, self.metrics, secrets=self.registry)
-        socket_path = control_socket_path(self.settings, self.environ)
-        return await serve_control(app, unix_socket=socket_path, tcp=self.settings.control_tcp)
+        s = self.settings
+        token = None
+        if s.control_tcp:
+            configured = s.control_token
+            token = configured.get_secret_value() if configured else None
+            token = token or write_token(control_token_path(s, self.environ))
+            self.registry.add(token)  # never logged
+        app = build_control_app(self.view, self.metrics, secrets=self.registry, token=token)
+        socket_path = control_socket_path(s, self.environ)
+        return await serve_control(app, unix_socket=socket_path, tcp=s.control_tcp)
 
     def _run_hooks(self) -> RunHooks:
         def finished(job: Job, occ: Occurrence) -> None:
