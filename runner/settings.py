@@ -96,20 +96,27 @@ SYSTEMD_SOCKET = Path("/run/ductape-runner/control.sock")
 def control_socket_path(
     settings: Settings, environ: dict[str, str], *, client: bool = False
 ) -> str:
-    """The control socket: configured, else systemd's RuntimeDirectory, XDG, or /tmp.
+    """The control socket: configured, else `control.sock` in the runtime folder.
 
     A client (`ductape-runner status`) run by an operator outside the service also finds
     the socket the systemd unit creates.
     """
     if settings.control_socket:
         return settings.control_socket
-    if environ.get("RUNTIME_DIRECTORY"):
-        return str(Path(environ["RUNTIME_DIRECTORY"].split(":")[0]) / "control.sock")
-    if client and SYSTEMD_SOCKET.exists():
+    if client and not environ.get("RUNTIME_DIRECTORY") and SYSTEMD_SOCKET.exists():
         return str(SYSTEMD_SOCKET)
+    return str(runtime_dir(environ) / "control.sock")
+
+
+def runtime_dir(environ: dict[str, str]) -> Path:
+    """A folder private to the daemon's user: systemd's RuntimeDirectory, else
+    $XDG_RUNTIME_DIR/ductape-runner, else /tmp/ductape-runner-<uid> (made 0700 and
+    checked to be ours before use, see runner.daemon.control_server.private_dir)."""
+    if environ.get("RUNTIME_DIRECTORY"):
+        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])
     if environ.get("XDG_RUNTIME_DIR"):
-        return str(Path(environ["XDG_RUNTIME_DIR"]) / "ductape-runner.sock")
-    return f"/tmp/ductape-runner-{os.getuid()}.sock"
+        return Path(environ["XDG_RUNTIME_DIR"]) / "ductape-runner"
+    return Path(f"/tmp/ductape-runner-{os.getuid()}")
 
 
 TOKEN_FILE = "control.token"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ def test_an_unknown_setting_in_the_config_file_is_an_error(tmp_path: Path) -> No
     [
         ("/x.sock", {"RUNTIME_DIRECTORY": "/run/r"}, "/x.sock"),
         (None, {"RUNTIME_DIRECTORY": "/run/ductape-runner"}, "/run/ductape-runner/control.sock"),
-        (None, {"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/ductape-runner.sock"),
+        (None, {"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/ductape-runner/control.sock"),
+        (None, {}, f"/tmp/ductape-runner-{os.getuid()}/control.sock"),  # a private folder
     ],
 )
 def test_the_control_socket_defaults_to_the_runtime_directory(

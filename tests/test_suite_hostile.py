@@ -400,3 +400,47 @@ def test_another_local_user_cannot_pause_or_trigger_over_tcp_without_the_token(
         assert emulator.calls() == []
     finally:
         d.stop()
+
+
+def test_the_default_socket_is_in_a_private_folder_and_a_squatted_one_is_refused(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    d = SuiteDaemon(tmp_path, emulator, env={"XDG_RUNTIME_DIR": str(xdg)})
+    del d.env["DUCTAPE_RUNNER_CONTROL_SOCKET"]
+    d.write_job("far.yaml", FAR)
+    folder = xdg / "ductape-runner"
+    folder.mkdir(mode=0o755)
+    os.chown(folder, 65534, 65534)  # another user made it first
+    refused = run_once(d)
+    assert refused.returncode == 2 and f"{folder}: belongs to uid 65534" in refused.stderr
+    folder.rmdir()
+    d.start()
+    try:
+        assert folder.stat().st_mode & 0o777 == 0o700
+        assert (folder / "control.sock").is_socket()
+        status = ctl(d, "status", "--json")
+        assert status.returncode == 0, status.stderr
+    finally:
+        d.stop()
+
+
+def test_the_cli_does_not_talk_to_a_socket_another_user_owns(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a socket to another user needs root")
+    squatted = tmp_path / "shared" / "ductape-runner.sock"
+    squatted.parent.mkdir(mode=0o1777)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as impostor:
+        impostor.bind(str(squatted))
+        impostor.listen()
+        os.chown(squatted, 65534, 65534)
+        d = SuiteDaemon(tmp_path, emulator)
+        result = ctl(d, "pause", "far", "--socket", str(squatted))
+        assert result.returncode == 2
+        assert "belongs to uid 65534" in result.stderr
+        impostor.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            impostor.accept()  # the CLI never connected

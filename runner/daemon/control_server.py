@@ -84,6 +84,23 @@ async def _deny(
     await body(scope, receive, send)
 
 
+def private_dir(folder: Path) -> None:
+    """Make the runtime folder (0700), or check that an existing one is ours and private:
+    in a shared /tmp another user could have made it first and would see the socket."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.lstat()
+    except OSError as exc:
+        raise ControlSocketError(str(folder), exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ControlSocketError(str(folder), "is not a folder (a symbolic link?); not using it")
+    if st.st_uid != os.geteuid():
+        reason = f"belongs to uid {st.st_uid}, not to this user: another user may have made it"
+        raise ControlSocketError(str(folder), reason + "; remove it or set control_socket")
+    if st.st_mode & 0o077:
+        folder.chmod(0o700)
+
+
 def write_token(path: Path) -> str:
     """A new random token, written 0600 (replacing any older one) for the CLI to read."""
     token = secrets.token_urlsafe(32)

@@ -18,7 +18,7 @@ import structlog
 from pydantic import SecretStr
 
 from runner.daemon.control import build_control_app
-from runner.daemon.control_server import serve_control, write_token
+from runner.daemon.control_server import private_dir, serve_control, write_token
 from runner.daemon.execute import DuctapeExecutor, RunHooks
 from runner.daemon.folder import FolderReconciler
 from runner.daemon.metrics import Metrics
@@ -211,6 +211,9 @@ class Daemon:
 
     async def _start_control(self) -> Any:
         s = self.settings
+        socket_path = control_socket_path(s, self.environ)
+        if not s.control_socket and not self.environ.get("RUNTIME_DIRECTORY"):
+            private_dir(Path(socket_path).parent)  # systemd makes RuntimeDirectory itself
         token = None
         if s.control_tcp:
             configured = s.control_token
@@ -218,7 +221,6 @@ class Daemon:
             token = token or write_token(control_token_path(s, self.environ))
             self.registry.add(token)  # never logged
         app = build_control_app(self.view, self.metrics, secrets=self.registry, token=token)
-        socket_path = control_socket_path(s, self.environ)
         return await serve_control(app, unix_socket=socket_path, tcp=s.control_tcp)
 
     def _run_hooks(self) -> RunHooks:
