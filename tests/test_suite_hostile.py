@@ -444,3 +444,22 @@ def test_the_cli_does_not_talk_to_a_socket_another_user_owns(
         impostor.setblocking(False)
         with pytest.raises(BlockingIOError):
             impostor.accept()  # the CLI never connected
+
+
+def test_proxy_headers_are_ignored_even_with_forwarded_allow_ips_star(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    port = free_port()
+    env = {"DUCTAPE_RUNNER_CONTROL_TCP": f"127.0.0.1:{port}", "FORWARDED_ALLOW_IPS": "*"}
+    d = SuiteDaemon(tmp_path, emulator, env=env)
+    d.write_job("far.yaml", FAR)
+    d.start()
+    try:
+        token = (tmp_path / "control.token").read_text().strip()
+        bearer = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
+            # Had the header been believed, this loopback client would be "remote": 403.
+            claimed = {**bearer, "X-Forwarded-For": "192.0.2.7", "Forwarded": "for=192.0.2.7"}
+            assert client.get("/jobs", headers=claimed).status_code == 200
+    finally:
+        d.stop()

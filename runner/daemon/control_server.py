@@ -188,6 +188,11 @@ async def serve_control(
             log_config=None,
             access_log=False,
             server_header=False,
+            # The client address is the socket's peer, never a header: with
+            # FORWARDED_ALLOW_IPS=* in the environment uvicorn would let
+            # `X-Forwarded-For: 127.0.0.1` pass a remote client as loopback (issue 13).
+            proxy_headers=False,
+            forwarded_allow_ips="127.0.0.1",
             timeout_graceful_shutdown=2,
         )
     )
