@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -461,5 +462,22 @@ def test_proxy_headers_are_ignored_even_with_forwarded_allow_ips_star(
             # Had the header been believed, this loopback client would be "remote": 403.
             claimed = {**bearer, "X-Forwarded-For": "192.0.2.7", "Forwarded": "for=192.0.2.7"}
             assert client.get("/jobs", headers=claimed).status_code == 200
+    finally:
+        d.stop()
+
+
+def test_a_history_limit_that_is_not_plain_digits_is_a_400(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    d.write_job("far.yaml", FAR)
+    d.start()
+    try:
+        # '²' and '١٢' pass str.isdigit() but not int(): they answered 500.
+        for limit in ["²", "١٢", "1" * 5000, "+5", " 5", "", "0", "1001"]:
+            answer = probe(d, f"/jobs/far/history?limit={urllib.parse.quote(limit)}")
+            assert answer.status_code == 400, (limit[:10], answer.text)
+            assert answer.json()["error"] == "bad_request"
+        assert probe(d, "/jobs/far/history?limit=5").status_code == 200
     finally:
         d.stop()

@@ -267,7 +267,8 @@ class _Api:
     async def history(self, request: Request) -> Response:
         name = request.path_params["name"]
         raw = request.query_params.get("limit", str(HISTORY_DEFAULT))
-        if not raw.isdigit() or not 1 <= int(raw) <= HISTORY_MAX:
+        # str.isdigit() also accepts '²' and '١', which int() refuses (a 500 before).
+        if not _ascii_digits(raw, 4) or not 1 <= int(raw) <= HISTORY_MAX:
             detail = f"limit must be an integer from 1 to {HISTORY_MAX}, got {raw!r}"
             return self.error(400, "bad_request", detail)
         return await self.call(name, lambda: self.view.history(name, int(raw)))
@@ -280,6 +281,10 @@ class _Api:
             return response
 
         return endpoint
+
+
+def _ascii_digits(text: str, most: int) -> bool:
+    return 0 < len(text) <= most and all("0" <= c <= "9" for c in text)
 
 
 _ERROR_NAMES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
