@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -87,7 +87,24 @@ def load_settings(
             return (init_settings, env_settings, file_secret_settings, toml)
 
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return _Sourced(**clean)
+    try:
+        return _Sourced(**clean)
+    except ValidationError as exc:
+        raise SettingsError(path, exc) from None
+
+
+class SettingsError(ValueError):
+    """Settings that do not validate: each key and what is wrong, never the value given
+    (a misspelt `acces_token` would otherwise print the token on stderr)."""
+
+    def __init__(self, config: Path | None, exc: ValidationError) -> None:
+        self.problems = [
+            (".".join(str(part) for part in error["loc"]) or "settings", error["msg"])
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+        where = f" ({config})" if config is not None else ""
+        lines = "; ".join(f"{key}: {message}" for key, message in self.problems)
+        super().__init__(f"invalid settings{where}: {lines}")
 
 
 SYSTEMD_SOCKET = Path("/run/ductape-runner/control.sock")

@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from runner.settings import Settings, control_socket_path, load_settings
+from runner.settings import Settings, SettingsError, control_socket_path, load_settings
 
 
 def test_flags_beat_environment_beat_the_config_file(
@@ -39,7 +38,7 @@ def test_the_access_token_comes_from_a_systemd_credential(tmp_path: Path) -> Non
 def test_an_unknown_setting_in_the_config_file_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('jobs_dri = "typo"\n')
-    with pytest.raises(ValidationError, match="jobs_dri"):
+    with pytest.raises(SettingsError, match="jobs_dri"):
         load_settings(config, environ={})
 
 

@@ -481,3 +481,18 @@ def test_a_history_limit_that_is_not_plain_digits_is_a_400(
         assert probe(d, "/jobs/far/history?limit=5").status_code == 200
     finally:
         d.stop()
+
+
+def test_a_misspelt_or_mistyped_setting_is_named_and_its_value_never_printed(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'acces_token = "tok-VALUE-never-printed-1"\n'
+        'max_concurrent_runs = "tok-VALUE-never-printed-2"\n'
+        'log_level = "tok-VALUE-never-printed-3"\n'
+    )
+    result = run_once(d, "--config", str(config))
+    assert_one_line_error(result, "acces_token", "max_concurrent_runs", "log_level", str(config))
+    assert "VALUE-never-printed" not in result.stderr + result.stdout

@@ -9,12 +9,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from runner import __version__
 from runner.errors import Problem, RunnerError
 from runner.jobs.loader import Defaults, Limits, load_folder
-from runner.settings import Settings, load_settings
+from runner.settings import Settings, SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -236,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, _settings(args))
-    except ValidationError as exc:
-        print(f"ductape-runner: invalid settings:\n{exc}", file=sys.stderr)
+    except SettingsError as exc:  # names the keys, never their values (issue 13)
+        print(f"ductape-runner: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (`... | head`): not an error worth a message.
