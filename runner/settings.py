@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     control_socket: str | None = None  # default: the runtime directory (see control_socket_path)
     control_tcp: str | None = None  # e.g. "127.0.0.1:9464"; off by default
+    # Bearer token the TCP listener requires; unset: generated at start into TOKEN_FILE
+    # beside the control socket (0600). A systemd credential of this name also sets it.
+    control_token: SecretStr | None = None
     credentials_directory: str | None = None
     dry_run: bool = False
     quiet_period_s: float = Field(default=0.25, ge=0, le=5)
@@ -98,7 +101,24 @@ def load_settings(
             return (init_settings, env_settings, file_secret_settings, toml)
 
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return _Sourced(**clean)
+    try:
+        return _Sourced(**clean)
+    except ValidationError as exc:
+        raise SettingsError(path, exc) from None
+
+
+class SettingsError(ValueError):
+    """Settings that do not validate: each key and what is wrong, never the value given
+    (a misspelt `acces_token` would otherwise print the token on stderr)."""
+
+    def __init__(self, config: Path | None, exc: ValidationError) -> None:
+        self.problems = [
+            (".".join(str(part) for part in error["loc"]) or "settings", error["msg"])
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+        where = f" ({config})" if config is not None else ""
+        lines = "; ".join(f"{key}: {message}" for key, message in self.problems)
+        super().__init__(f"invalid settings{where}: {lines}")
 
 
 SYSTEMD_SOCKET = Path("/run/ductape-runner/control.sock")
@@ -107,17 +127,45 @@ SYSTEMD_SOCKET = Path("/run/ductape-runner/control.sock")
 def control_socket_path(
     settings: Settings, environ: dict[str, str], *, client: bool = False
 ) -> str:
-    """The control socket: configured, else systemd's RuntimeDirectory, XDG, or /tmp.
+    """The control socket: configured, else `control.sock` in the runtime folder.
 
     A client (`ductape-runner status`) run by an operator outside the service also finds
     the socket the systemd unit creates.
     """
     if settings.control_socket:
         return settings.control_socket
-    if environ.get("RUNTIME_DIRECTORY"):
-        return str(Path(environ["RUNTIME_DIRECTORY"].split(":")[0]) / "control.sock")
-    if client and SYSTEMD_SOCKET.exists():
+    if client and not environ.get("RUNTIME_DIRECTORY") and SYSTEMD_SOCKET.exists():
         return str(SYSTEMD_SOCKET)
+    return str(runtime_dir(environ) / "control.sock")
+
+
+def runtime_dir(environ: dict[str, str]) -> Path:
+    """A folder private to the daemon's user: systemd's RuntimeDirectory, else
+    $XDG_RUNTIME_DIR/ductape-runner, else /tmp/ductape-runner-<uid> (made 0700 and
+    checked to be ours before use, see runner.daemon.control_server.private_dir)."""
+    if environ.get("RUNTIME_DIRECTORY"):
+        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])
     if environ.get("XDG_RUNTIME_DIR"):
-        return str(Path(environ["XDG_RUNTIME_DIR"]) / "ductape-runner.sock")
-    return f"/tmp/ductape-runner-{os.getuid()}.sock"
+        return Path(environ["XDG_RUNTIME_DIR"]) / "ductape-runner"
+    return Path(f"/tmp/ductape-runner-{os.getuid()}")
+
+
+TOKEN_FILE = "control.token"
+
+
+def control_token_path(
+    settings: Settings, environ: dict[str, str], *, client: bool = False
+) -> Path:
+    """Where the daemon writes a generated control token: beside its control socket."""
+    return Path(control_socket_path(settings, environ, client=client)).parent / TOKEN_FILE
+
+
+def client_control_token(settings: Settings, environ: dict[str, str]) -> str | None:
+    """The token for `--url`: the control_token setting (config, environment or
+    credential), else the file the daemon generated, if this user may read it."""
+    if settings.control_token is not None:
+        return settings.control_token.get_secret_value()
+    try:
+        return control_token_path(settings, environ, client=True).read_text().strip() or None
+    except OSError:
+        return None

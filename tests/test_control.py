@@ -34,6 +34,8 @@ from runner.store import JobRecord, Occurrence
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 MS0 = int(T0.timestamp() * 1000)
 SECRET = "tok-s3cr3t-value"
+TOKEN = "control-token-for-tests"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def make_job(name: str, **extra: Any) -> Job:
@@ -138,7 +140,7 @@ def new_metrics(view: FakeView) -> Metrics:
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     view = FakeView()
     metrics = new_metrics(view)
-    app = build_control_app(view, metrics, secrets=SecretRegistry([SECRET]))
+    app = build_control_app(view, metrics, secrets=SecretRegistry([SECRET]), token=TOKEN)
     server = await serve_control(app, unix_socket=str(tmp_path / "c.sock"), tcp="127.0.0.1:0")
     handle = Daemon(view, server, metrics)
     try:
@@ -282,9 +284,24 @@ async def test_the_unix_socket_is_mode_0660(daemon: Daemon) -> None:
     assert stat.S_IMODE(mode) == 0o660
 
 
-async def test_tcp_on_loopback_serves_the_same_api(daemon: Daemon) -> None:
-    async with httpx.AsyncClient(base_url=daemon.url, trust_env=False) as client:
+async def test_tcp_on_loopback_serves_the_same_api_with_the_token(daemon: Daemon) -> None:
+    async with httpx.AsyncClient(base_url=daemon.url, trust_env=False, headers=BEARER) as client:
         assert (await client.get("/jobs/report")).json()["job_id"] == "report"
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {TOKEN}", "Bearer"])
+async def test_tcp_without_the_token_gets_probes_and_metrics_only(
+    daemon: Daemon, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else None
+    async with httpx.AsyncClient(base_url=daemon.url, trust_env=False, headers=headers) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+        refused = await client.post("/jobs/report/pause")
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert (await client.get("/jobs")).status_code == 401
+    assert daemon.view.records["report"].paused is False
 
 
 async def test_remote_tcp_clients_get_probes_and_metrics_only(daemon: Daemon) -> None:
@@ -299,9 +316,11 @@ async def test_remote_tcp_clients_get_probes_and_metrics_only(daemon: Daemon) ->
 
 @pytest.mark.parametrize("client", ["127.0.0.1", "::1", "::ffff:127.0.0.1"])
 async def test_loopback_tcp_clients_get_the_whole_api(daemon: Daemon, client: str) -> None:
-    app = build_control_app(daemon.view, daemon.metrics)
+    app = build_control_app(daemon.view, daemon.metrics, token=TOKEN)
     transport = httpx.ASGITransport(app=app, client=(client, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://runner:9464") as local:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://runner:9464", headers=BEARER
+    ) as local:
         assert (await local.post("/jobs/report/pause")).status_code == 200
 
 
@@ -421,7 +440,9 @@ async def test_ctl_trigger_pause_resume(daemon: Daemon) -> None:
 
 
 async def test_ctl_over_tcp(daemon: Daemon) -> None:
-    code, out, _ = await daemon.ctl("status", "report", url=daemon.url, socket=None, as_json=True)
+    code, out, _ = await daemon.ctl(
+        "status", "report", url=daemon.url, socket=None, as_json=True, token=TOKEN
+    )
     assert (code, json.loads(out)["job_id"]) == (0, "report")
 
 

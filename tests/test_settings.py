@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from runner.settings import Settings, control_socket_path, load_settings
+from runner.settings import Settings, SettingsError, control_socket_path, load_settings
 
 
 def test_flags_beat_environment_beat_the_config_file(
@@ -38,7 +38,7 @@ def test_the_access_token_comes_from_a_systemd_credential(tmp_path: Path) -> Non
 def test_an_unknown_setting_in_the_config_file_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('jobs_dri = "typo"\n')
-    with pytest.raises(ValidationError, match="jobs_dri"):
+    with pytest.raises(SettingsError, match="jobs_dri"):
         load_settings(config, environ={})
 
 
@@ -47,7 +47,8 @@ def test_an_unknown_setting_in_the_config_file_is_an_error(tmp_path: Path) -> No
     [
         ("/x.sock", {"RUNTIME_DIRECTORY": "/run/r"}, "/x.sock"),
         (None, {"RUNTIME_DIRECTORY": "/run/ductape-runner"}, "/run/ductape-runner/control.sock"),
-        (None, {"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/ductape-runner.sock"),
+        (None, {"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/ductape-runner/control.sock"),
+        (None, {}, f"/tmp/ductape-runner-{os.getuid()}/control.sock"),  # a private folder
     ],
 )
 def test_the_control_socket_defaults_to_the_runtime_directory(

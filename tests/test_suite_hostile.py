@@ -1,4 +1,6 @@
-"""Hostile-input suite: bad files, odd files, many files and a file that never stops changing.
+"""Hostile-input suite: bad files, odd files, many files and a file that never stops changing;
+then a hostile environment: a full disk, a deleted, truncated, foreign or read-only state
+file, and other local users at the control API (issue 13).
 
 CI size: 3,000 files and a 3 s rewrite storm. Full size (100,000 files, 10 s storm):
 
@@ -10,12 +12,19 @@ its process exists. `pytest -s` prints the memory figures.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from runner.jobs.loader import load_file
@@ -154,3 +163,336 @@ def test_a_file_rewritten_every_10_ms_neither_stalls_nor_grows_the_daemon(
 
 def storm_text(version: int) -> str:
     return QUOTA + f"schedule: {{cron: '0 0 1 1 *'}}\ninput: {{version: {version}}}\n"
+
+
+# ---- a hostile environment (issue 13) ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str = "2m") -> Iterator[Path]:
+    """A tiny file system of its own (root only): fills up for real."""
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write until the file system is full; returns the filler to delete later."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 4096):
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def probe(d: SuiteDaemon, path: str) -> httpx.Response:
+    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
+    with httpx.Client(transport=transport, base_url="http://daemon", timeout=10) as client:
+        return client.get(path)
+
+
+def test_a_full_disk_starts_nothing_unwritten_goes_unhealthy_once_and_recovers(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    with tmpfs(tmp_path / "small") as small:
+        state = small / "state.sqlite3"
+        d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_STATE": str(state)})
+        d.state = state
+        d.write_job("heartbeat.yaml", HEARTBEAT)
+        d.start()
+        try:
+            wait_for(lambda: heartbeats(emulator) >= 2)
+            filler = fill(small)
+            unhealthy = wait_for(lambda: (r := probe(d, "/healthz")).status_code == 503 and r)
+            assert str(state) in unhealthy.json()["detail"]
+            assert "full" in unhealthy.json()["detail"]
+            time.sleep(0.5)  # a call in flight when the disk filled may still land
+            during = heartbeats(emulator)
+            time.sleep(3)
+            assert heartbeats(emulator) == during, "called Ductape with the disk full"
+            failed = d.events("state.write_failed")
+            assert len(failed) == 1 and failed[0]["level"] == "error"
+            filler.unlink()
+            wait_for(lambda: probe(d, "/healthz").status_code == 200)
+            wait_for(lambda: heartbeats(emulator) >= during + 2)
+            assert d.events("state.write_recovered")
+            # Every call made has its occurrence in the state file: written before the call.
+            wait_for(lambda: d.open_occurrences() == 0)
+            keys = {k for (k,) in d.query("SELECT idempotency_key FROM occurrences")}
+            called = {c["idempotency_key"] for c in emulator.calls()}
+            assert called <= keys, f"calls without an occurrence on disk: {called - keys}"
+            assert d.alive()
+        finally:
+            d.stop()
+
+
+def test_a_state_file_deleted_while_running_makes_it_unhealthy_and_starts_nothing(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    d.start()
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 2)
+        for path in tmp_path.glob("state.sqlite3*"):  # rm state.sqlite3*
+            path.unlink()
+        unhealthy = wait_for(lambda: (r := probe(d, "/healthz")).status_code == 503 and r)
+        assert f"{d.state} was deleted" in unhealthy.json()["detail"]
+        time.sleep(0.5)
+        during = heartbeats(emulator)
+        time.sleep(2.5)
+        assert heartbeats(emulator) == during, "kept calling with its state file gone"
+        lost = d.events("state.file_lost")
+        assert len(lost) == 1 and lost[0]["level"] == "error"
+    finally:
+        d.stop()
+
+
+def run_once(d: SuiteDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ductape-runner run` expected to refuse to start: its exit status and stderr."""
+    return subprocess.run(
+        [*d.prefix, sys.executable, "-m", "runner", "run", *args],
+        env=d.env,
+        cwd=d.tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_a_state_file_truncated_to_zero_is_refused_unless_reset_state(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    d.write_job("far.yaml", FAR)
+    d.start()
+    d.stop()
+    d.state.write_bytes(b"")  # truncated while the daemon was down
+    refused = run_once(d)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert str(d.state) in refused.stderr and "--reset-state" in refused.stderr
+    assert d.state.stat().st_size == 0  # left as it was
+    d.args = ("--reset-state",)
+    d.start()
+    try:
+        assert d.query("SELECT name FROM jobs") == [("far",)]
+        assert list(tmp_path.glob("state.sqlite3.reset-*"))  # the empty file, moved aside
+    finally:
+        d.stop()
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("damage", ["foreign", "truncated", "corrupt"])
+def test_a_foreign_truncated_or_corrupt_state_file_is_one_line_naming_it(
+    tmp_path: Path, emulator: RunningEmulator, damage: str
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    for i in range(200):  # enough rows for several pages
+        d.write_job(f"far-{i:03d}.yaml", FAR)
+    d.start()
+    d.stop()
+    data = d.state.read_bytes()
+    if damage == "foreign":
+        d.state.write_text("name,schedule\nreport,daily\n" * 200)
+    elif damage == "truncated":
+        d.state.write_bytes(data[: len(data) // 2])
+    else:  # a page in the middle overwritten
+        d.state.write_bytes(data[:4096] + b"\xa5" * 4096 + data[8192:])
+    assert_one_line_error(run_once(d), str(d.state), "--reset-state")
+
+
+def test_a_read_only_state_folder_is_one_line_naming_it(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    with tmpfs(tmp_path / "small") as small:
+        d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_STATE": str(small / "s.db")})
+        d.write_job("far.yaml", FAR)
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        assert_one_line_error(run_once(d), str(small / "s.db"), "write access", "--state")
+        subprocess.run(["mount", "-o", "remount,rw", str(small)], check=True)
+        d.start()  # a file made while writable, in a folder turned read-only since
+        d.stop()
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        assert_one_line_error(run_once(d), str(small / "s.db"), "write access", "--state")
+
+
+def test_the_state_file_and_its_wal_and_shm_are_0600_under_umask_022(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    d.prefix = ("sh", "-c", 'umask 022 && exec "$@"', "sh")
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    d.start()
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 1)
+        for suffix in ("", "-wal", "-shm"):
+            mode = Path(f"{d.state}{suffix}").stat().st_mode & 0o777
+            assert mode == 0o600, f"state.sqlite3{suffix} is {mode:o}"
+    finally:
+        d.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ctl(
+    d: SuiteDaemon, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        env={**d.env, **(env or {})},
+        cwd=d.tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_another_local_user_cannot_pause_or_trigger_over_tcp_without_the_token(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_CONTROL_TCP": f"127.0.0.1:{port}"})
+    d.write_job("far.yaml", FAR)
+    d.start()
+    try:
+        with httpx.Client(base_url=url, trust_env=False) as anyone:
+            assert anyone.get("/healthz").status_code == 200
+            assert anyone.get("/metrics").status_code == 200
+            assert anyone.post("/jobs/far/pause").status_code == 401
+            assert anyone.post("/jobs/far/trigger").status_code == 401
+            wrong = {"Authorization": "Bearer " + "x" * 43}
+            assert anyone.post("/jobs/far/trigger", headers=wrong).status_code == 401
+        token_file = tmp_path / "control.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        assert len(token) >= 32 and token not in d.output()
+        # The CLI finds the generated token beside the socket, or takes it from the setting.
+        paused = ctl(d, "pause", "far", "--url", url, "--json")
+        assert paused.returncode == 0, paused.stderr
+        token_file.unlink()
+        refused = ctl(d, "resume", "far", "--url", url)
+        assert refused.returncode == 1 and "Bearer" in refused.stderr
+        resumed = ctl(d, "resume", "far", "--url", url, env={"DUCTAPE_RUNNER_CONTROL_TOKEN": token})
+        assert resumed.returncode == 0, resumed.stderr
+        assert emulator.calls() == []
+    finally:
+        d.stop()
+
+
+def test_the_default_socket_is_in_a_private_folder_and_a_squatted_one_is_refused(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    d = SuiteDaemon(tmp_path, emulator, env={"XDG_RUNTIME_DIR": str(xdg)})
+    del d.env["DUCTAPE_RUNNER_CONTROL_SOCKET"]
+    d.write_job("far.yaml", FAR)
+    folder = xdg / "ductape-runner"
+    folder.mkdir(mode=0o755)
+    os.chown(folder, 65534, 65534)  # another user made it first
+    refused = run_once(d)
+    assert refused.returncode == 2 and f"{folder}: belongs to uid 65534" in refused.stderr
+    folder.rmdir()
+    d.start()
+    try:
+        assert folder.stat().st_mode & 0o777 == 0o700
+        assert (folder / "control.sock").is_socket()
+        status = ctl(d, "status", "--json")
+        assert status.returncode == 0, status.stderr
+    finally:
+        d.stop()
+
+
+def test_the_cli_does_not_talk_to_a_socket_another_user_owns(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a socket to another user needs root")
+    squatted = tmp_path / "shared" / "ductape-runner.sock"
+    squatted.parent.mkdir(mode=0o1777)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as impostor:
+        impostor.bind(str(squatted))
+        impostor.listen()
+        os.chown(squatted, 65534, 65534)
+        d = SuiteDaemon(tmp_path, emulator)
+        result = ctl(d, "pause", "far", "--socket", str(squatted))
+        assert result.returncode == 2
+        assert "belongs to uid 65534" in result.stderr
+        impostor.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            impostor.accept()  # the CLI never connected
+
+
+def test_proxy_headers_are_ignored_even_with_forwarded_allow_ips_star(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    port = free_port()
+    env = {"DUCTAPE_RUNNER_CONTROL_TCP": f"127.0.0.1:{port}", "FORWARDED_ALLOW_IPS": "*"}
+    d = SuiteDaemon(tmp_path, emulator, env=env)
+    d.write_job("far.yaml", FAR)
+    d.start()
+    try:
+        token = (tmp_path / "control.token").read_text().strip()
+        bearer = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
+            # Had the header been believed, this loopback client would be "remote": 403.
+            claimed = {**bearer, "X-Forwarded-For": "192.0.2.7", "Forwarded": "for=192.0.2.7"}
+            assert client.get("/jobs", headers=claimed).status_code == 200
+    finally:
+        d.stop()
+
+
+def test_a_history_limit_that_is_not_plain_digits_is_a_400(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    d.write_job("far.yaml", FAR)
+    d.start()
+    try:
+        # '²' and '١٢' pass str.isdigit() but not int(): they answered 500.
+        for limit in ["²", "١٢", "1" * 5000, "+5", " 5", "", "0", "1001"]:
+            answer = probe(d, f"/jobs/far/history?limit={urllib.parse.quote(limit)}")
+            assert answer.status_code == 400, (limit[:10], answer.text)
+            assert answer.json()["error"] == "bad_request"
+        assert probe(d, "/jobs/far/history?limit=5").status_code == 200
+    finally:
+        d.stop()
+
+
+def test_a_misspelt_or_mistyped_setting_is_named_and_its_value_never_printed(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'acces_token = "tok-VALUE-never-printed-1"\n'
+        'max_concurrent_runs = "tok-VALUE-never-printed-2"\n'
+        'log_level = "tok-VALUE-never-printed-3"\n'
+    )
+    result = run_once(d, "--config", str(config))
+    assert_one_line_error(result, "acces_token", "max_concurrent_runs", "log_level", str(config))
+    assert "VALUE-never-printed" not in result.stderr + result.stdout

@@ -8,10 +8,13 @@ conflict, bad request, its own error), 2 the daemon cannot be reached.
 from __future__ import annotations
 
 import json
+import os
 import socket as _socket
+import stat
 import sys
 import urllib.parse
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -20,6 +23,10 @@ DEFAULT_SOCKET = "/run/ductape-runner/control.sock"
 COMMANDS = ("status", "history", "trigger", "pause", "resume")
 EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
 TIMEOUT_S = 10.0
+
+
+class _Untrusted(Exception):
+    """The socket belongs to someone who is not the daemon's user: do not talk to it."""
 
 
 class _Refused(Exception):
@@ -38,11 +45,13 @@ def run_ctl(
     out: TextIO,
     err: TextIO | None = None,
     limit: int = 20,
+    token: str | None = None,
 ) -> int:
     """Run one control command against the daemon; returns the exit code.
 
     `url` (http://127.0.0.1:9464) wins over `socket`; with neither, DEFAULT_SOCKET.
-    `as_json` None means: JSON unless `out` is a terminal.
+    `as_json` None means: JSON unless `out` is a terminal. `token` is sent as
+    `Authorization: Bearer` over TCP (the unix socket needs none).
     """
     err = err if err is not None else sys.stderr
     if command not in COMMANDS:
@@ -54,12 +63,16 @@ def run_ctl(
     json_out = as_json if as_json is not None else not out.isatty()
     try:
         if not url:
+            _check_owner(socket or DEFAULT_SOCKET)
             _probe(socket or DEFAULT_SOCKET)
-        with _client(socket, url) as client:
+        with _client(socket, url, token) as client:
             payload = _request(client, command, job, limit)
     except _Refused as exc:
         print(f"error: {exc.message}", file=err)
         return EXIT_REFUSED
+    except _Untrusted as exc:
+        print(f"error: not talking to {where}: {exc}", file=err)
+        return EXIT_UNREACHABLE
     except (httpx.TransportError, OSError) as exc:
         print(f"error: cannot reach the daemon at {where}: {_reason(exc)}", file=err)
         return EXIT_UNREACHABLE
@@ -70,6 +83,29 @@ def run_ctl(
     return EXIT_OK
 
 
+def _check_owner(path: str) -> None:
+    """The socket must belong to this user, root, or the owner of a folder that only its
+    owner writes and that sits in a folder root controls (systemd's /run/ductape-runner).
+    A socket someone else left in a shared folder (/tmp) could answer with lies, and
+    would receive the commands meant for the daemon."""
+    try:
+        real = Path(path).resolve()  # where a symbolic link leads
+        owner = real.stat().st_uid
+        folder, above = real.parent.stat(), real.parent.parent.stat()
+    except OSError:
+        return  # the connect that follows says what is missing
+    if owner in (os.geteuid(), 0):
+        return
+    private = not folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    root_held = above.st_uid == 0 and not above.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if owner == folder.st_uid and private and root_held:
+        return
+    raise _Untrusted(
+        f"it belongs to uid {owner}, neither you, root nor the owner of its private folder "
+        "(another user may have put it there)"
+    )
+
+
 def _probe(path: str) -> None:
     """Connect once by hand: httpcore 1.0's sync unix connect leaks its socket on failure."""
     with _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM) as probe:
@@ -77,9 +113,10 @@ def _probe(path: str) -> None:
         probe.connect(path)
 
 
-def _client(socket: str | None, url: str | None) -> httpx.Client:
+def _client(socket: str | None, url: str | None, token: str | None = None) -> httpx.Client:
     if url:
-        return httpx.Client(base_url=url, timeout=TIMEOUT_S, trust_env=False)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return httpx.Client(base_url=url, timeout=TIMEOUT_S, trust_env=False, headers=headers)
     transport = httpx.HTTPTransport(uds=socket or DEFAULT_SOCKET)
     # The host is never resolved over a unix socket; it only fills the Host header.
     return httpx.Client(

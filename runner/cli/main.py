@@ -9,12 +9,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from runner import __version__
 from runner.errors import Problem, RunnerError
 from runner.jobs.loader import Defaults, Limits, load_folder
-from runner.settings import Settings, load_settings
+from runner.settings import Settings, SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -121,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--emulator", action="store_true", help="run against the built-in Ductape emulator"
     )
     _emulator_port(run)
+    run.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="move an empty or unreadable state file aside and start afresh",
+    )
     run.set_defaults(handler=cmd_run)
 
     demo = sub.add_parser("demo", help="run jobs.d against the built-in emulator (quick start)")
@@ -270,6 +273,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         registry=registry,
         emulator=args.emulator,
         emulator_port=args.emulator_port,
+        reset_state=getattr(args, "reset_state", False),
     )
     return asyncio.run(daemon.run())
 
@@ -289,9 +293,10 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
     from runner.cli.ctl import run_ctl
-    from runner.settings import control_socket_path
+    from runner.settings import client_control_token, control_socket_path
 
     socket = args.socket or control_socket_path(settings, dict(os.environ), client=True)
+    token = client_control_token(settings, dict(os.environ)) if args.url else None
     return run_ctl(
         args.ctl_command,
         args.job,
@@ -301,6 +306,7 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
         out=sys.stdout,
         err=sys.stderr,
         limit=getattr(args, "limit", 20),
+        token=token,
     )
 
 
@@ -362,8 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, _settings(args))
-    except ValidationError as exc:
-        print(f"ductape-runner: invalid settings:\n{exc}", file=sys.stderr)
+    except SettingsError as exc:  # names the keys, never their values (issue 13)
+        print(f"ductape-runner: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (`... | head`): not an error worth a message.

@@ -2,8 +2,8 @@
 
 Served by uvicorn on the daemon's own event loop, on a unix socket (mode 0660) and
 optionally on loopback TCP. Handlers are async and call the view directly, so the view
-runs on the loop, never in a thread: it must not block. Over TCP, clients that are not
-on loopback only get /healthz, /readyz and /metrics: the API has no authentication.
+runs on the loop, never in a thread: it must not block. Over TCP, /healthz, /readyz and
+/metrics are open; the rest needs a loopback client and the bearer token.
 
 This module is the app: routes, handlers and the JSON shapes. Listening on the socket
 and the loopback rule are runner.daemon.control_server.
@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from runner.daemon.control_server import ControlAccess
 from runner.daemon.control_server import ControlServer as ControlServer  # re-exported
 from runner.daemon.control_server import ControlSocketError as ControlSocketError  # re-exported
-from runner.daemon.control_server import LoopbackOnly
 from runner.daemon.control_server import parse_tcp as parse_tcp  # re-exported
 from runner.daemon.control_server import serve_control as serve_control  # re-exported
 from runner.daemon.metrics import CONTENT_TYPE, Metrics
@@ -167,9 +167,15 @@ def _parse(text: str) -> datetime:
 
 
 def build_control_app(
-    view: ControlView, metrics: Metrics, *, secrets: SecretRegistry | None = None
+    view: ControlView,
+    metrics: Metrics,
+    *,
+    secrets: SecretRegistry | None = None,
+    token: str | None = None,
 ) -> Starlette:
-    """The ASGI app; `secrets` adds a last redaction pass over every JSON body."""
+    """The ASGI app; `secrets` adds a last redaction pass over every JSON body; `token`
+    is what TCP clients must send as `Authorization: Bearer` (None: TCP gets the probes
+    and metrics only)."""
     api = _Api(view, metrics, secrets)
     routes = [
         Route("/healthz", api.healthz, methods=["GET"]),
@@ -184,7 +190,7 @@ def build_control_app(
         Route("/jobs/{name}/resume", api.action("resume"), methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: api.http_error})
-    app.add_middleware(LoopbackOnly)
+    app.add_middleware(ControlAccess, token=token)
     return app
 
 
@@ -261,7 +267,8 @@ class _Api:
     async def history(self, request: Request) -> Response:
         name = request.path_params["name"]
         raw = request.query_params.get("limit", str(HISTORY_DEFAULT))
-        if not raw.isdigit() or not 1 <= int(raw) <= HISTORY_MAX:
+        # str.isdigit() also accepts '²' and '١', which int() refuses (a 500 before).
+        if not _ascii_digits(raw, 4) or not 1 <= int(raw) <= HISTORY_MAX:
             detail = f"limit must be an integer from 1 to {HISTORY_MAX}, got {raw!r}"
             return self.error(400, "bad_request", detail)
         return await self.call(name, lambda: self.view.history(name, int(raw)))
@@ -274,6 +281,10 @@ class _Api:
             return response
 
         return endpoint
+
+
+def _ascii_digits(text: str, most: int) -> bool:
+    return 0 < len(text) <= most and all("0" <= c <= "9" for c in text)
 
 
 _ERROR_NAMES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}

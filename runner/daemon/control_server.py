@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import os
+import secrets
 import socket
 import stat
 from dataclasses import dataclass, field
@@ -39,26 +41,76 @@ class ControlSocketError(RunnerError):
 # ---- access -----------------------------------------------------------------------------
 
 
-class LoopbackOnly:
-    """Remote TCP clients get the probes and metrics only: the API has no authentication."""
+class ControlAccess:
+    """Who may use what: the unix socket's file mode decides for it; over TCP, the probes
+    and metrics are open, everything else needs a loopback client *and* the bearer token
+    (any local user can reach a loopback port)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, token: str | None = None) -> None:
         self.app = app
+        self.token = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and not _trusted(scope):
-            detail = "only /healthz, /readyz and /metrics are served to remote clients"
-            body = JSONResponse({"error": "forbidden", "detail": detail}, status_code=403)
-            await body(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or _over_unix(scope):
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if not _is_loopback(str(scope["client"][0])):
+            detail = "only /healthz, /readyz and /metrics are served to remote clients"
+            await _deny(403, "forbidden", detail, scope, receive, send)
+        elif not self._authorized(scope):
+            detail = "over TCP the control API needs 'Authorization: Bearer <control token>'"
+            await _deny(401, "unauthorized", detail, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, credential = given.partition(b" ")
+        if self.token is None or scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(credential.strip(), self.token)
 
 
-def _trusted(scope: Scope) -> bool:
+def _over_unix(scope: Scope) -> bool:
     server, client = scope.get("server"), scope.get("client")
-    if server is None or server[1] is None or client is None:
-        return True  # a unix socket: its file mode decides who may connect
-    return _is_loopback(str(client[0]))
+    return server is None or server[1] is None or client is None
+
+
+async def _deny(
+    status: int, error: str, detail: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    body = JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+    await body(scope, receive, send)
+
+
+def private_dir(folder: Path) -> None:
+    """Make the runtime folder (0700), or check that an existing one is ours and private:
+    in a shared /tmp another user could have made it first and would see the socket."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.lstat()
+    except OSError as exc:
+        raise ControlSocketError(str(folder), exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ControlSocketError(str(folder), "is not a folder (a symbolic link?); not using it")
+    if st.st_uid != os.geteuid():
+        reason = f"belongs to uid {st.st_uid}, not to this user: another user may have made it"
+        raise ControlSocketError(str(folder), reason + "; remove it or set control_socket")
+    if st.st_mode & 0o077:
+        folder.chmod(0o700)
+
+
+def write_token(path: Path) -> str:
+    """A new random token, written 0600 (replacing any older one) for the CLI to read."""
+    token = secrets.token_urlsafe(32)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    temporary.replace(path)
+    log.info("control.token_written", path=str(path))
+    return token
 
 
 # ---- serving ----------------------------------------------------------------------------
@@ -136,6 +188,11 @@ async def serve_control(
             log_config=None,
             access_log=False,
             server_header=False,
+            # The client address is the socket's peer, never a header: with
+            # FORWARDED_ALLOW_IPS=* in the environment uvicorn would let
+            # `X-Forwarded-For: 127.0.0.1` pass a remote client as loopback (issue 13).
+            proxy_headers=False,
+            forwarded_allow_ips="127.0.0.1",
             timeout_graceful_shutdown=2,
         )
     )

@@ -16,7 +16,7 @@ from runner.ductape.operations import Operation, OperationError, build_operation
 from runner.errors import SecretError
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretRegistry, redact, resolve
-from runner.store import Occurrence, Store
+from runner.store import Occurrence, StateError, Store
 from runner.timing.clock import Clock
 from runner.timing.retry import plan_retry
 
@@ -129,7 +129,12 @@ class DuctapeExecutor:
         assert self.client is not None
         occ.attempts += 1
         occ.state, occ.next_attempt_ms = "running", None
-        self.store.update_occurrence(occ)
+        try:
+            self.store.update_occurrence(occ)
+        except StateError as exc:  # not on disk and cannot be written: call nothing
+            occ.attempts -= 1
+            occ.state, occ.reason = "skipped", f"not started: {exc.problem}"
+            return None
         started = self.clock.monotonic()
         error: DuctapeError | None = None
         try:

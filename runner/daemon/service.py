@@ -18,7 +18,7 @@ import structlog
 from pydantic import SecretStr
 
 from runner.daemon.control import build_control_app
-from runner.daemon.control_server import serve_control
+from runner.daemon.control_server import private_dir, serve_control, write_token
 from runner.daemon.execute import DuctapeExecutor, RunHooks
 from runner.daemon.folder import FolderReconciler
 from runner.daemon.metrics import Metrics
@@ -31,7 +31,7 @@ from runner.ductape.client import Credentials, DuctapeClient
 from runner.jobs.loader import Defaults, Limits, LoadedJob
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretRegistry
-from runner.settings import Settings, control_socket_path
+from runner.settings import Settings, control_socket_path, control_token_path
 from runner.store import Occurrence, Store
 from runner.store.postgres import PostgresStore, StoreUnavailable, display_dsn, is_dsn
 from runner.store.sqlite import SqliteStore
@@ -52,12 +52,14 @@ class Daemon:
         clock: Clock | None = None,
         emulator: bool = False,
         emulator_port: int = 0,
+        reset_state: bool = False,
     ) -> None:
         self.settings = settings
         self.environ = environ
         self.registry = registry
         self.clock = clock or SystemClock()
         self.emulator, self.emulator_port = emulator, emulator_port
+        self.reset_state = reset_state
         self.requests: asyncio.Queue[str] = asyncio.Queue()
         self.interrupts = 0
         self.exit_status = 0
@@ -70,6 +72,7 @@ class Daemon:
         )
         self._last_ping = 0.0
         self._last_status = 0.0
+        self._last_check = 0.0
 
     # ---- start -----------------------------------------------------------------------
 
@@ -113,6 +116,7 @@ class Daemon:
             stale_after_s=max_sleep * 2 + 5,
             loaded=lambda: self.loaded,
             invalid=lambda: self.invalid,
+            state=self.store.health if isinstance(self.store, SqliteStore) else None,
         )
         try:
             jobs = await self._first_load()
@@ -165,7 +169,7 @@ class Daemon:
         """SQLite by default; a postgresql:// DSN shares the state between replicas."""
         s = self.settings
         if not is_dsn(s.state):
-            return SqliteStore(s.state)
+            return SqliteStore(s.state, reset=self.reset_state)
         return PostgresStore(s.state, self.clock, replica_id=s.replica_id, lease_s=s.lease_s)
 
     async def _connect(self, store: PostgresStore, jobs: dict[str, LoadedJob]) -> None:
@@ -208,9 +212,18 @@ class Daemon:
         return server
 
     async def _start_control(self) -> Any:
-        app = build_control_app(self.view, self.metrics, secrets=self.registry)
-        socket_path = control_socket_path(self.settings, self.environ)
-        return await serve_control(app, unix_socket=socket_path, tcp=self.settings.control_tcp)
+        s = self.settings
+        socket_path = control_socket_path(s, self.environ)
+        if not s.control_socket and not self.environ.get("RUNTIME_DIRECTORY"):
+            private_dir(Path(socket_path).parent)  # systemd makes RuntimeDirectory itself
+        token = None
+        if s.control_tcp:
+            configured = s.control_token
+            token = configured.get_secret_value() if configured else None
+            token = token or write_token(control_token_path(s, self.environ))
+            self.registry.add(token)  # never logged
+        app = build_control_app(self.view, self.metrics, secrets=self.registry, token=token)
+        return await serve_control(app, unix_socket=socket_path, tcp=s.control_tcp)
 
     def _run_hooks(self) -> RunHooks:
         def finished(job: Job, occ: Occurrence) -> None:
@@ -233,6 +246,9 @@ class Daemon:
     def _tick(self) -> None:
         """Called by the scheduler loop on each pass: the watchdog is fed from the loop itself."""
         mono = self.clock.monotonic()
+        if isinstance(self.store, SqliteStore) and mono - self._last_check >= 1.0:
+            self.store.check()  # notices the state file's recovery (and, later, its loss)
+            self._last_check = mono
         if self.watchdog_s and mono - self._last_ping >= min(1.0, self.watchdog_s / 2):
             self.notifier.watchdog()
             self._last_ping = mono

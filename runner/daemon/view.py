@@ -20,8 +20,10 @@ class DaemonView:
         stale_after_s: float,
         loaded: Callable[[], bool],
         invalid: Callable[[], dict[str, str]],
+        state: Callable[[], tuple[bool, str]] | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self._state = state
         self.stale_after_s = stale_after_s
         self._loaded = loaded
         self._invalid = invalid
@@ -38,9 +40,11 @@ class DaemonView:
         )
 
     def _store(self) -> tuple[bool, str]:
-        """PostgreSQL replicas: is the shared database reachable? SQLite: nothing to say."""
+        """PostgreSQL replicas: is the shared database reachable? SQLite: can it be written?"""
         claims = self.scheduler.claims
-        return (True, "") if claims is None else claims.status()
+        if claims is not None:
+            return claims.status()
+        return (True, "") if self._state is None else self._state()
 
     def ready(self) -> tuple[bool, str]:
         if not self._loaded():
@@ -70,6 +74,9 @@ class DaemonView:
         entry = self.scheduler.entries[name]  # KeyError: 404
         if entry.job.suspend:
             raise ValueError(f"job '{name}' is suspended in its file (suspend: true)")
+        ok, detail = self._store()
+        if not ok:
+            raise ValueError(f"not triggered: {detail}")
         return occurrence_dict(self.scheduler.trigger(name))
 
     def pause(self, name: str) -> dict[str, Any]:
@@ -94,7 +101,7 @@ class DaemonView:
         invalid = len(self._invalid())
         text = f"{len(self.scheduler.entries)} jobs, {invalid} invalid files"
         if not self._store()[0]:
-            return text + ", state database unreachable: starting nothing"
+            return text + ", state database unreachable or not writable: starting nothing"
         if deadline is None:
             return text + ", nothing scheduled"
         return text + f", next run in {max(deadline - now_ms, 0) / 1000:.0f} s"

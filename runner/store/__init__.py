@@ -11,12 +11,22 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from runner.errors import RunnerError
+
 JobStatus = Literal["scheduled", "queued", "running", "suspended", "paused", "completed", "failed"]
 OccurrenceState = Literal[
     "planned", "running", "succeeded", "failed", "skipped", "cancelled", "dry_run"
 ]
 OPEN_STATES = ("planned", "running")
 RAN_STATES = ("succeeded", "failed")  # these count toward `limit`; skipped ones do not
+
+
+class StateError(RunnerError):
+    """The state file cannot be read or written: which file, what is wrong, what to do."""
+
+    def __init__(self, path: str, problem: str, advice: str) -> None:
+        self.path, self.problem, self.advice = path, problem, advice
+        super().__init__(f"state file {path}: {problem}; {advice}")
 
 
 @dataclass
@@ -84,7 +94,14 @@ class Store(Protocol):
         """
         ...
 
-    def update_occurrence(self, occurrence: Occurrence) -> None: ...
+    def update_occurrence(self, occurrence: Occurrence) -> None:
+        """Write an occurrence's new state.
+
+        Writing it as `running` is the write made before each call: when the occurrence
+        is not on disk yet and cannot be written now (disk full, state file gone), it
+        raises StateError and the call must not be made.
+        """
+        ...
 
     def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
         """Write a final occurrence state and its job's counters atomically."""

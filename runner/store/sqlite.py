@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import fields
 from operator import attrgetter
 from pathlib import Path
 
-from runner.store import JobRecord, Occurrence
+import structlog
+
+from runner.store import JobRecord, Occurrence, StateError, statefile
+
+log = structlog.get_logger("runner.store")
+
+RECOVERED_AFTER_S = 3.0  # writes must succeed this long: a nearly full disk takes small ones
+WRITE_ADVICE = (
+    "free space on its file system or fix its permissions; "
+    "nothing is started until writes succeed again"
+)
 
 # Each entry migrates from version i to i+1; never edit a released one, append.
 MIGRATIONS: list[str] = [
@@ -86,24 +97,57 @@ class SqliteStore:
     """State in one SQLite file. WAL + synchronous=NORMAL survives a process crash
     (SIGKILL) without losing a committed transaction; only power loss can."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, reset: bool = False) -> None:
         self.path = str(path)
+        self.lost: str | None = None  # the file was deleted or replaced under us
+        self._identity: tuple[int, int] | None = None
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
+            statefile.prepare(self.path, reset=reset)
+        try:
+            with statefile.private_files(self.path):
+                self.db = self._connect()
+        except sqlite3.Error as exc:
+            raise statefile.open_error(self.path, exc) from None
         self._savepoints = 0
         self._closed = False
-        self.migrate()
+        self._generation = 0  # counts rollbacks of the tick transaction after a failed write
+        self.failure: str | None = None  # why state writes fail now (None: they succeed)
+        self._failed_at = self._last_failure = 0.0
+        self._tick_plans: list[tuple[str, int]] = []  # planned in the open tick transaction
+        self._unsaved: set[tuple[str, int]] = set()  # planned, but their write was lost
+        try:
+            self.migrate()
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise statefile.open_error(self.path, exc) from None
+        if self.path != ":memory:":
+            self._identity = statefile.identity(self.path)
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open in WAL mode, and check the file before trusting it (PRAGMA quick_check)."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            verdict = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+        except BaseException:
+            db.close()
+            raise
+        if verdict != ["ok"]:
+            db.close()
+            found = " ".join(" ".join(map(str, verdict)).split())  # rows hold newlines
+            problem = f"is corrupt (quick_check: {found})"
+            raise StateError(self.path, problem, statefile.RESET_ADVICE)
+        return db
 
     def migrate(self) -> int:
         version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"state database {self.path} is at schema version {version}, newer than this "
-                f"runner ({len(MIGRATIONS)}): upgrade the runner or use another state file"
+            raise StateError(
+                self.path,
+                f"is at schema version {version}, newer than this runner ({len(MIGRATIONS)})",
+                "upgrade the runner or use another state file",
             )
         for number in range(version, len(MIGRATIONS)):
             with self.db:
@@ -123,23 +167,38 @@ class SqliteStore:
         return {r.name: _fix_job(r) for r in records}
 
     def save_job(self, record: JobRecord) -> None:
-        self._tick_tx()
-        self.db.execute(_SAVE_JOB, _job_row(record))
+        with self._guard():
+            self._tick_tx()
+            self.db.execute(_SAVE_JOB, _job_row(record))
 
     def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
-        with self._unit():
-            cursor = self.db.execute(_PLAN_OCC, _occ_row(occurrence))
-            if cursor.rowcount != 1:
-                return False
-            self.db.execute(_SAVE_JOB, _job_row(record))
+        key = (occurrence.job, occurrence.scheduled_ms)
+        try:
+            with self._unit():
+                cursor = self.db.execute(_PLAN_OCC, _occ_row(occurrence))
+                if cursor.rowcount != 1:
+                    return False
+                self.db.execute(_SAVE_JOB, _job_row(record))
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            self._unsaved.add(key)  # its run writes it before calling, or calls nothing
+            return True
+        if self.db.in_transaction:
+            self._tick_plans.append(key)
         return True
 
     def update_occurrence(self, occurrence: Occurrence) -> None:
-        self._tick_tx()
-        self.db.execute(_SAVE_OCC, _occ_row(occurrence))
+        key = (occurrence.job, occurrence.scheduled_ms)
+        if occurrence.state == "running" and (self.failure or self.lost or key in self._unsaved):
+            self._write_now(_SAVE_OCC, _occ_row(occurrence))  # raises StateError
+            self._unsaved.discard(key)
+            return
+        with self._guard():
+            self._tick_tx()
+            self.db.execute(_SAVE_OCC, _occ_row(occurrence))
 
     def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
-        with self._unit():
+        with self._guard(), self._unit():
             self.db.execute(_SAVE_OCC, _occ_row(occurrence))
             self.db.execute(_SAVE_JOB, _job_row(record))
 
@@ -166,13 +225,15 @@ class SqliteStore:
 
     def prune(self, before_ms: int) -> int:
         """Forget finished occurrences older than the retention horizon."""
-        self._tick_tx()
-        cursor = self.db.execute(
-            "DELETE FROM occurrences WHERE finished_ms IS NOT NULL AND finished_ms < ? "
-            "AND state NOT IN ('planned', 'running')",
-            (before_ms,),
-        )
-        return cursor.rowcount
+        with self._guard():
+            self._tick_tx()
+            cursor = self.db.execute(
+                "DELETE FROM occurrences WHERE finished_ms IS NOT NULL AND finished_ms < ? "
+                "AND state NOT IN ('planned', 'running')",
+                (before_ms,),
+            )
+            return cursor.rowcount
+        return 0
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -188,21 +249,25 @@ class SqliteStore:
             try:
                 yield
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            if self.db.in_transaction:  # else a failed write rolled it back
+                self.db.execute("COMMIT")
             return
-        name = f"sp{self._savepoints}"
+        name, generation = f"sp{self._savepoints}", self._generation
         self._savepoints += 1
         self.db.execute(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
-            self.db.execute(f"ROLLBACK TO {name}")
+            if generation == self._generation:
+                self.db.execute(f"ROLLBACK TO {name}")
             raise
         finally:
-            self.db.execute(f"RELEASE {name}")
-            self._savepoints -= 1
+            if generation == self._generation:  # else a failed write rolled it all back
+                self._savepoints -= 1
+                self.db.execute(f"RELEASE {name}")
 
     @contextlib.contextmanager
     def _unit(self) -> Iterator[None]:
@@ -238,9 +303,92 @@ class SqliteStore:
         return True
 
     def commit(self) -> None:
-        """Commit the pending tick transaction, if any (a no-op once closed)."""
-        if not self._closed and self.db.in_transaction:
+        """Commit the pending tick transaction, if any (a no-op once closed).
+
+        A failed COMMIT loses the tick's writes: the occurrences planned in it are marked
+        unsaved, so their runs write them first or call nothing (update_occurrence).
+        """
+        if self._closed or not self.db.in_transaction:
+            return
+        try:
             self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            return
+        self._tick_plans.clear()
+        self._recovered()
+
+    # ---- write failures (disk full, I/O errors, a read-only file) -----------------------
+
+    def health(self) -> tuple[bool, str]:
+        """(writable, what to tell the operator)."""
+        if self.lost is not None:
+            return False, f"state file {self.path} {self.lost}; {statefile.LOST_ADVICE}"
+        if self.failure is not None:
+            return False, f"state file {self.path}: {self.failure}; {WRITE_ADVICE}"
+        return True, ""
+
+    def check(self) -> None:
+        """Called about once a second: is the file still there (a stat), and while writes
+        fail, try one, to notice recovery."""
+        if self._identity is not None and self.lost is None:
+            self.lost = statefile.lost(self.path, self._identity)
+            if self.lost is not None:
+                log.error(
+                    "state.file_lost",
+                    path=self.path,
+                    problem=self.lost,
+                    advice=statefile.LOST_ADVICE,
+                )
+        if self.failure is not None and not self.db.in_transaction:
+            with contextlib.suppress(StateError):
+                self._write_now("PRAGMA user_version = " + str(len(MIGRATIONS)), ())
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A write whose failure is recorded (unhealthy, logged once), not raised."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+
+    def _write_now(self, sql: str, params: tuple[object, ...]) -> None:
+        """One write in a transaction of its own, committed now; StateError if it fails."""
+        if self.lost is not None:
+            raise StateError(self.path, self.lost, statefile.LOST_ADVICE)
+        if self.db.in_transaction:
+            self.commit()  # the tick's writes go first (and may fail on their own)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(sql, params)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            raise StateError(self.path, f"cannot write: {exc}", WRITE_ADVICE) from None
+        self._recovered()
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        """Roll the tick's transaction back (SQLite may have already) and go unhealthy."""
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+        self._generation += 1
+        self._savepoints = 0
+        self._unsaved.update(self._tick_plans)
+        self._tick_plans.clear()
+        self._last_failure = time.monotonic()
+        if self.failure is None:
+            self.failure, self._failed_at = f"writes fail: {exc}", self._last_failure
+            log.error("state.write_failed", path=self.path, error=str(exc), advice=WRITE_ADVICE)
+
+    def _recovered(self) -> None:
+        """A write succeeded: healthy again once none has failed for RECOVERED_AFTER_S."""
+        now = time.monotonic()
+        if self.failure is not None and now - self._last_failure >= RECOVERED_AFTER_S:
+            self.failure = None
+            log.warning(
+                "state.write_recovered", path=self.path, failed_s=round(now - self._failed_at, 1)
+            )
 
 
 def _fix_job(record: JobRecord) -> JobRecord:
