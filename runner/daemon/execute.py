@@ -200,6 +200,9 @@ class DuctapeExecutor:
     def _summary(self, job: Job, occ: Occurrence) -> None:
         """One event per run, whatever happened (structlog best practice)."""
         now_ms = to_ms(self.clock.now())
+        if occ.started_ms is not None and occ.duration_ms is None:
+            # Set before the hook: the run-duration histogram reads it (issue 11, item 7).
+            occ.duration_ms = now_ms - occ.started_ms
         self.hooks.on_finished(job, occ)
         log.info(
             "run.finished",
@@ -209,7 +212,7 @@ class DuctapeExecutor:
             trigger=occ.trigger,
             outcome=occ.state,
             attempts=occ.attempts,
-            duration_ms=None if occ.started_ms is None else now_ms - occ.started_ms,
+            duration_ms=occ.duration_ms,
             lateness_ms=None if occ.started_ms is None else occ.started_ms - occ.scheduled_ms,
             error=occ.last_error,
             idempotency_key=occ.idempotency_key,

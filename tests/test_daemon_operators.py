@@ -1,0 +1,66 @@
+"""What operators hit first (issue 11): each test runs a real daemon process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.daemon_helpers import DaemonProcess, wait_for
+from tests.emulator_fixture import RunningEmulator
+
+JOB = "kind: quota\nproduct: p\nenv: dev\ntag: t\n"
+HOURLY = JOB + "schedule: {cron: '0 * * * *'}\n"
+NOW = JOB + "schedule: {start_at: 0}\n"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, emulator: RunningEmulator) -> Iterator[DaemonProcess]:
+    process = DaemonProcess(
+        tmp_path,
+        emulator,
+        env={"DUCTAPE_RUNNER_QUIET_PERIOD_S": "0.1", "DUCTAPE_RUNNER_EMPTY_FOLDER_CONFIRM_S": "2"},
+    )
+    yield process
+    process.stop()
+
+
+def ctl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args, "--socket", str(d.tmp_path / "control.sock")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=d.env,
+    )
+
+
+def control_get(d: DaemonProcess, path: str) -> httpx.Response:
+    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
+    with httpx.Client(transport=transport, base_url="http://daemon") as client:
+        return client.get(path)
+
+
+def metric(d: DaemonProcess, name: str) -> float | None:
+    """The value of one sample (`name` with its labels, as rendered) on /metrics."""
+    for line in control_get(d, "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+# ---- item 7: the run-duration histogram ---------------------------------------------------
+
+
+def test_a_finished_run_is_observed_in_the_run_duration_histogram(
+    daemon: DaemonProcess, emulator: RunningEmulator
+) -> None:
+    daemon.write_job("a.yaml", NOW)
+    daemon.start()
+    wait_for(lambda: daemon.query("SELECT state FROM occurrences") == [("succeeded",)])
+    count = 'ductape_runner_run_duration_seconds_count{kind="quota"}'
+    assert wait_for(lambda: metric(daemon, count)) == 1.0
