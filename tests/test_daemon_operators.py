@@ -64,3 +64,23 @@ def test_a_finished_run_is_observed_in_the_run_duration_histogram(
     wait_for(lambda: daemon.query("SELECT state FROM occurrences") == [("succeeded",)])
     count = 'ductape_runner_run_duration_seconds_count{kind="quota"}'
     assert wait_for(lambda: metric(daemon, count)) == 1.0
+
+
+# ---- item 3: a file deleted while the daemon was down ---------------------------------------
+
+
+def test_a_job_deleted_while_down_is_marked_removed_at_start(daemon: DaemonProcess) -> None:
+    daemon.write_job("a.yaml", HOURLY)
+    daemon.write_job("b.yaml", HOURLY)
+    daemon.start()
+    assert daemon.stop() == 0
+    (daemon.jobs / "b.yaml").unlink()
+    daemon.start()
+    removed = daemon.query("SELECT name FROM jobs WHERE removed_ms IS NOT NULL")
+    assert removed == [("b",)]
+    assert [e["job"] for e in daemon.events("job.removed")] == ["b"]
+    plan = subprocess.run(
+        [sys.executable, "-m", "runner", "plan"], capture_output=True, text=True, env=daemon.env
+    )
+    assert "remove" not in plan.stdout.replace("0 to remove", "")
+    assert "0 to add, 0 to update, 0 to remove, 1 unchanged" in plan.stdout

@@ -123,7 +123,7 @@ class Daemon:
             if shared is not None:
                 await self._connect(shared, jobs)
             with self.store.batch():
-                self.scheduler.start(jobs)
+                self.scheduler.start(jobs, keep=self._kept_at_start())
             if shared is not None:
                 shared.start()
             self.loaded = True
@@ -309,6 +309,14 @@ class Daemon:
             plan = self.reconciler.scan({}, deep=True)
         self._reloaded(plan)
         return plan.desired
+
+    def _kept_at_start(self) -> set[str] | None:
+        """Recorded jobs to keep although the first load did not define them; None keeps
+        all (a missing or empty folder: the mass-deletion guard's case, not a deletion)."""
+        plan = self.reconciler.last_plan
+        if plan is None or not self.reconciler.files:
+            return None
+        return {name for names in plan.kept_last_good.values() for name in names}
 
     def _start_sync(self) -> asyncio.Task[None]:
         s = self.settings
