@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,3 +85,24 @@ def test_a_job_deleted_while_down_is_marked_removed_at_start(daemon: DaemonProce
     )
     assert "remove" not in plan.stdout.replace("0 to remove", "")
     assert "0 to add, 0 to update, 0 to remove, 1 unchanged" in plan.stdout
+
+
+# ---- item 8: a double Ctrl-C -------------------------------------------------------------
+
+
+def test_a_double_interrupt_says_what_it_left_open_and_exits_130(
+    daemon: DaemonProcess, emulator: RunningEmulator
+) -> None:
+    emulator.fault(target="quotas.run", hang=True)  # ends when the daemon goes
+    daemon.write_job("a.yaml", NOW)
+    daemon.start()
+    wait_for(lambda: daemon.query("SELECT state FROM occurrences") == [("running",)])
+    daemon.signal(signal.SIGINT)
+    [stopping] = wait_for(lambda: daemon.events("daemon.stopping"))
+    assert "again" in stopping["force"] and stopping["open_runs"] == 1
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait() == 130
+    [forced] = daemon.events("daemon.forced")
+    assert forced["level"] == "warning" and forced["open_runs"] == 1
+    assert "1 runs left open" in forced["message"]
+    assert daemon.query("SELECT state FROM occurrences") == [("running",)]  # resumes later

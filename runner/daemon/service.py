@@ -1,7 +1,7 @@
 """`ductape-runner run`: start, serve, reload and stop, as three plain steps.
 
 Signal handlers only queue a request; the main coroutine acts on it:
-SIGHUP reloads, SIGTERM/SIGINT drain and exit 0, a second SIGINT exits at once.
+SIGHUP reloads, SIGTERM/SIGINT drain and exit 0, a second SIGINT exits at once (130).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from runner.store.sqlite import SqliteStore
 from runner.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("runner.daemon")
+
+EXIT_FORCED = 130  # 128 + SIGINT: what a shell reports for a process killed by Ctrl-C
 
 
 class Daemon:
@@ -357,13 +359,17 @@ class Daemon:
 
     async def _stop(self, loop_task: asyncio.Task[Any]) -> int:
         urgent = self.requests.get_nowait() == "kill"
+        if urgent:
+            self._forced()
         grace = 0.0 if urgent else self.settings.shutdown_grace_s
-        log.info("daemon.stopping", grace_s=grace)
+        hint = {"force": "interrupt again (Ctrl-C) to force exit"} if self.interrupts else {}
+        log.info("daemon.stopping", grace_s=grace, open_runs=self._open_runs(), **hint)
         drain = asyncio.create_task(self.scheduler.drain(grace))
         while not drain.done():
             kill = asyncio.create_task(self.requests.get())
             await asyncio.wait({drain, kill}, return_when=asyncio.FIRST_COMPLETED)
             if kill.done() and kill.result() in ("kill", "stop") and self.interrupts > 1:
+                self._forced()
                 drain.cancel()  # a second SIGINT: stop waiting for attempts in flight
             kill.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -373,3 +379,20 @@ class Daemon:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await loop_task
         return self.exit_status
+
+    def _open_runs(self) -> int:
+        """Occurrences in flight or queued: what a forced exit leaves open in the state."""
+        runs = self.scheduler.runs.values()
+        return sum(len(run.queue) for job in runs for run in job.active.values())
+
+    def _forced(self) -> None:
+        """A second SIGINT: say what is left open, and exit 130 (128 + SIGINT) like a shell."""
+        if self.exit_status != EXIT_FORCED:
+            left = self._open_runs()
+            log.warning(
+                "daemon.forced",
+                open_runs=left,
+                message=f"second interrupt: not waiting; {left} runs left open, resumed "
+                "with the same idempotency keys at the next start",
+            )
+        self.exit_status = EXIT_FORCED
