@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +47,10 @@ def control_get(d: DaemonProcess, path: str) -> httpx.Response:
     transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
     with httpx.Client(transport=transport, base_url="http://daemon") as client:
         return client.get(path)
+
+
+def job_names(d: DaemonProcess) -> set[str]:
+    return {j["job_id"] for j in json.loads(ctl(d, "status", "--json").stdout)["jobs"]}
 
 
 def metric(d: DaemonProcess, name: str) -> float | None:
@@ -106,3 +113,35 @@ def test_a_double_interrupt_says_what_it_left_open_and_exits_130(
     assert forced["level"] == "warning" and forced["open_runs"] == 1
     assert "1 runs left open" in forced["message"]
     assert daemon.query("SELECT state FROM occurrences") == [("running",)]  # resumes later
+
+
+# ---- item 1: a file written in place with a pause ------------------------------------------
+
+
+def test_a_half_written_file_never_runs_and_the_whole_one_does(
+    daemon: DaemonProcess, emulator: RunningEmulator
+) -> None:
+    daemon.start()
+    whole = NOW + "input:\n  text: abcdefghijklmnopqrstuvwxyz\n"
+    half = whole[: whole.index("klm")]  # parses: text is 'abcdefghij'
+    with (daemon.jobs / "a.yaml").open("w") as out:
+        out.write(half)
+        out.flush()
+        time.sleep(1.0)
+        out.write(whole[len(half) :])
+    [call] = wait_for(emulator.calls)
+    assert "abcdefghijklmnopqrstuvwxyz" in json.dumps(call)
+    time.sleep(0.5)
+    assert len(emulator.calls()) == 1
+
+
+def test_cp_and_atomic_renames_still_apply_within_a_second(daemon: DaemonProcess) -> None:
+    daemon.start()
+    source = daemon.tmp_path / "b.yaml"
+    source.write_text(HOURLY)
+    shutil.copy(source, daemon.jobs / "b.yaml")
+    wait_for(lambda: job_names(daemon) == {"b"}, timeout=1.0)
+    temp = daemon.jobs / ".c.yaml.tmp"
+    temp.write_text(HOURLY)
+    temp.rename(daemon.jobs / "c.yaml")
+    wait_for(lambda: job_names(daemon) == {"b", "c"}, timeout=1.0)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,9 @@ log = structlog.get_logger("runner.watch")
 
 DEFAULT_LIMITS, DEFAULT_DEFAULTS = Limits(), Defaults()
 CACHE_AGE_S = 1.0  # a file unchanged for this long is skipped while its stat is unchanged
+# A file changed in place less than this long ago may still be half written: it waits,
+# unless the kernel says nobody has it open for writing (issue 11, item 1).
+SETTLE_S = 2.0
 
 
 # ---- scanning ---------------------------------------------------------------------------
@@ -70,6 +76,7 @@ class FolderReconciler:
         self.files: dict[str, FileState] = {}
         self.last_plan: Plan | None = None
         self._seen: dict[str, _Stat] = {}  # stat of the settled read each state came from
+        self._inodes: dict[str, tuple[int, int]] = {}  # (dev, ino) of each path's last read
         self._guard_since: float | None = None
         self._reported: dict[str, str] = {}  # path -> problem already logged
 
@@ -137,11 +144,33 @@ class FolderReconciler:
             after = _Stat.of(os.stat(path))  # noqa: PTH116
         except OSError:
             return None
-        if after != before or (self.quiet_s > 0 and before.age_s(now_s) < self.quiet_s):
+        if after != before or (self.quiet_s > 0 and not self._settled(path, shown, before, now_s)):
             return None
         if before.age_s(now_s) >= CACHE_AGE_S:
             self._seen[shown] = before
+        self._inodes[shown] = (before.dev, before.ino)
         return self._parse(shown, data, previous)
+
+    def _settled(self, path: str, shown: str, before: _Stat, now_s: float) -> bool:
+        """Quiet for `quiet_s`, and not being written: a writer that pauses mid-file
+        leaves a prefix that may well parse (issue 11, item 1).
+
+        Nobody holding the file open for writing settles it at once (`cp`, editors,
+        ConfigMap and git-sync swaps). Where the kernel will not say (another owner's
+        files, as under systemd), a path that now names another file was swapped in
+        whole (rename, symlink swap) and settles at once; anything else written in
+        place waits until it has been unchanged for SETTLE_S.
+        """
+        age = before.age_s(now_s)
+        if age < self.quiet_s:
+            return False
+        if age >= max(SETTLE_S, self.quiet_s):
+            return True
+        writing = open_for_writing(path)
+        if writing is not None:
+            return not writing
+        last = self._inodes.get(shown)
+        return last is not None and last != (before.dev, before.ino)
 
     def _parse(
         self, shown: str, data: bytes | SourceError, previous: FileState | None
@@ -187,6 +216,7 @@ class FolderReconciler:
         elif self._guard_since is not None and plan.remove:
             log.warning("folder.guard", state="confirmed", removed=len(plan.remove))
         self._seen = {p: s for p, s in self._seen.items() if p in found}
+        self._inodes = {p: i for p, i in self._inodes.items() if p in found}
         self.files = found
         self.last_plan = plan
         self._report(plan)
@@ -210,6 +240,34 @@ class FolderReconciler:
                 kept=plan.kept_last_good.get(path, []),
             )
         self._reported = {p: m for p, m in self._reported.items() if p in first}
+
+
+def open_for_writing(path: str) -> bool | None:
+    """Whether some process holds the file open for writing; None where unknown.
+
+    Linux refuses a read lease (EAGAIN) while any process has the file open for
+    writing. Taking one needs to own the file; on another owner's file, or on systems
+    without leases, the answer is None. The lease is dropped at once; should a writer
+    open the file meanwhile, the kernel signals SIGURG (ignored by default) instead
+    of SIGIO, whose default would end the daemon.
+    """
+    setlease = getattr(fcntl, "F_SETLEASE", None)
+    if setlease is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    else:
+        fcntl.fcntl(fd, setlease, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 def current_of(scheduler: Scheduler) -> tuple[dict[str, str], dict[str, str]]:
