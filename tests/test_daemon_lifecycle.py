@@ -243,7 +243,7 @@ def test_sigterm_drains_a_slow_call_then_exits_zero(
 def test_sigterm_past_the_grace_cancels_and_the_occurrence_resumes_later(
     tmp_path: Path, emulator: RunningEmulator
 ) -> None:
-    emulator.fault(target="quotas.run", delay_ms=5000, count=1)
+    emulator.fault(target="quotas.run", hang=True, count=1)  # recorded at once, not 5 s later
     d = DaemonProcess(tmp_path, emulator, env={"DUCTAPE_RUNNER_SHUTDOWN_GRACE_S": "0.3"})
     d.write_job("a.yaml", JOB + "schedule: {start_at: 0}\n")
     d.start()

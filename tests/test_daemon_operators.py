@@ -145,3 +145,25 @@ def test_cp_and_atomic_renames_still_apply_within_a_second(daemon: DaemonProcess
     temp.write_text(HOURLY)
     temp.rename(daemon.jobs / "c.yaml")
     wait_for(lambda: job_names(daemon) == {"b", "c"}, timeout=1.0)
+
+
+# ---- item 5: a missing jobs folder at start ------------------------------------------------
+
+
+def test_a_missing_folder_is_reported_and_not_ready_until_it_appears(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    later = tmp_path / "synced" / "jobs.d"
+    d = DaemonProcess(tmp_path, emulator, env={"DUCTAPE_RUNNER_JOBS_DIR": str(later)})
+    d.start()
+    try:
+        [missing] = d.events("folder.missing")
+        assert missing["level"] == "warning" and str(later) in missing["message"]
+        ready = control_get(d, "/readyz")
+        assert ready.status_code == 503 and str(later) in ready.json()["detail"]
+        later.mkdir(parents=True)
+        (later / "a.yaml").write_text(HOURLY)
+        wait_for(lambda: control_get(d, "/readyz").status_code == 200)
+        assert job_names(d) == {"a"}
+    finally:
+        d.stop()

@@ -78,6 +78,7 @@ class FolderReconciler:
         self._seen: dict[str, _Stat] = {}  # stat of the settled read each state came from
         self._inodes: dict[str, tuple[int, int]] = {}  # (dev, ino) of each path's last read
         self._guard_since: float | None = None
+        self.present: bool | None = None  # the folder existed at the last scan
         self._reported: dict[str, str] = {}  # path -> problem already logged
 
     def scan(
@@ -111,8 +112,23 @@ class FolderReconciler:
             current_paths=current_paths,
         )
         plan.unsettled = unsettled
+        self._note_presence(present)
         self._commit(plan, found)
         return plan
+
+    def _note_presence(self, present: bool) -> None:
+        """Say when the folder is missing (at start: maybe a sidecar has not made it yet)."""
+        if present == self.present:
+            return
+        if not present:
+            log.warning(
+                "folder.missing",
+                folder=str(self.folder),
+                message=f"jobs folder {self.folder} does not exist; watching for it",
+            )
+        elif self.present is False:
+            log.info("folder.appeared", folder=str(self.folder))
+        self.present = present
 
     def next_check_s(self) -> float | None:
         """Seconds until the folder should be scanned again without an event, if ever."""

@@ -25,7 +25,7 @@ from runner.daemon.metrics import Metrics
 from runner.daemon.reconcile import Plan
 from runner.daemon.scheduler import Scheduler, to_ms
 from runner.daemon.sdnotify import Notifier, watchdog_interval_s
-from runner.daemon.view import DaemonView
+from runner.daemon.view import Conditions, DaemonView
 from runner.daemon.watch import FolderSync
 from runner.ductape.client import Credentials, DuctapeClient
 from runner.jobs.loader import Defaults, Limits, LoadedJob
@@ -114,6 +114,7 @@ class Daemon:
             stale_after_s=max_sleep * 2 + 5,
             loaded=lambda: self.loaded,
             invalid=lambda: self.invalid,
+            conditions=self._conditions,
         )
         try:
             jobs = await self._first_load()
@@ -311,6 +312,13 @@ class Daemon:
             plan = self.reconciler.scan({}, deep=True)
         self._reloaded(plan)
         return plan.desired
+
+    def _conditions(self) -> Conditions:
+        folder = self.reconciler.folder
+        missing = None
+        if not self.reconciler.present and not self.scheduler.entries:
+            missing = f"jobs folder {folder} does not exist: no jobs until it appears"
+        return Conditions(folder_missing=missing)
 
     def _kept_at_start(self) -> set[str] | None:
         """Recorded jobs to keep although the first load did not define them; None keeps

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from runner.daemon.control import job_dict, occurrence_dict, summary_dict
 from runner.daemon.scheduler import Scheduler, to_ms
 from runner.store.postgres import StoreUnavailable
+
+
+@dataclass
+class Conditions:
+    """What monitoring must see beyond the job table; the first two keep it not ready."""
+
+    folder_missing: str | None = None  # the jobs folder does not exist (yet)
 
 
 class DaemonView:
@@ -20,11 +28,13 @@ class DaemonView:
         stale_after_s: float,
         loaded: Callable[[], bool],
         invalid: Callable[[], dict[str, str]],
+        conditions: Callable[[], Conditions] = Conditions,
     ) -> None:
         self.scheduler = scheduler
         self.stale_after_s = stale_after_s
         self._loaded = loaded
         self._invalid = invalid
+        self._conditions = conditions
 
     def healthy(self) -> tuple[bool, str]:
         age = self.scheduler.clock.monotonic() - self.scheduler.heartbeat
@@ -45,6 +55,9 @@ class DaemonView:
     def ready(self) -> tuple[bool, str]:
         if not self._loaded():
             return False, "state and jobs folder not loaded yet"
+        now = self._conditions()
+        if now.folder_missing:
+            return False, now.folder_missing
         return True, f"{len(self.scheduler.entries)} jobs loaded"
 
     def jobs(self) -> list[dict[str, Any]]:
