@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -10,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,6 +45,24 @@ def ctl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         env=d.env,
     )
+
+
+def ctl_on_terminal(d: DaemonProcess, *args: str) -> str:
+    """What an operator sees: stdout is a terminal, so `status` prints its table."""
+    primary, secondary = pty.openpty()
+    with os.fdopen(primary, "rb", buffering=0) as screen:
+        subprocess.run(
+            [sys.executable, "-m", "runner", *args, "--socket", str(d.tmp_path / "control.sock")],
+            stdout=secondary,
+            timeout=30,
+            env=d.env,
+        )
+        os.close(secondary)
+        chunks = []
+        with contextlib.suppress(OSError):  # EIO once everything written was read
+            while chunk := screen.read(4096):
+                chunks.append(chunk)
+    return b"".join(chunks).decode()
 
 
 def control_get(d: DaemonProcess, path: str) -> httpx.Response:
@@ -167,3 +189,34 @@ def test_a_missing_folder_is_reported_and_not_ready_until_it_appears(
         assert job_names(d) == {"a"}
     finally:
         d.stop()
+
+
+# ---- item 4: the folder guard and last good versions, visible to monitoring ---------------
+
+
+def summary(d: DaemonProcess) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(ctl(d, "status", "--json").stdout)["summary"]
+    return data
+
+
+def test_last_good_versions_and_the_folder_guard_show_in_status_readyz_and_metrics(
+    daemon: DaemonProcess,
+) -> None:
+    daemon.write_job("a.yaml", HOURLY)
+    daemon.write_job("b.yaml", HOURLY)
+    daemon.start()
+    assert metric(daemon, "ductape_runner_last_good_jobs") == 0.0
+    assert metric(daemon, "ductape_runner_folder_guard") == 0.0
+    daemon.write_job("a.yaml", HOURLY.replace("0 * * * *", "61 * * * *"))
+    kept = wait_for(lambda: summary(daemon)["last_good"])
+    assert kept == [{"job_id": "a", "path": str(daemon.jobs / "a.yaml")}]
+    assert "1 jobs run their last good version (a)" in control_get(daemon, "/readyz").text
+    assert metric(daemon, "ductape_runner_last_good_jobs") == 1.0
+    assert "last good version: a" in ctl_on_terminal(daemon, "status")
+    for path in daemon.jobs.iterdir():
+        path.unlink()
+    guard = wait_for(lambda: summary(daemon)["folder_guard"], timeout=1.5)
+    assert "empty" in guard
+    ready = control_get(daemon, "/readyz")
+    assert ready.status_code == 200 and "folder guard: " in ready.json()["detail"]
+    assert metric(daemon, "ductape_runner_folder_guard") == 1.0

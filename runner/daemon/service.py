@@ -318,7 +318,11 @@ class Daemon:
         missing = None
         if not self.reconciler.present and not self.scheduler.entries:
             missing = f"jobs folder {folder} does not exist: no jobs until it appears"
-        return Conditions(folder_missing=missing)
+        plan = self.reconciler.last_plan
+        if plan is None:
+            return Conditions(folder_missing=missing)
+        last_good = {name: path for path, names in plan.kept_last_good.items() for name in names}
+        return Conditions(folder_missing=missing, guard=plan.guard, last_good=last_good)
 
     def _kept_at_start(self) -> set[str] | None:
         """Recorded jobs to keep although the first load did not define them; None keeps
@@ -345,7 +349,12 @@ class Daemon:
         for problem in plan.problems:
             self.invalid.setdefault(problem.path, str(problem))
         if hasattr(self, "metrics"):
-            self.metrics.reloaded(self.clock.now().timestamp(), len(self.invalid))
+            self.metrics.reloaded(
+                self.clock.now().timestamp(),
+                len(self.invalid),
+                guard=plan.guard is not None,
+                last_good=sum(len(names) for names in plan.kept_last_good.values()),
+            )
             self.notifier.status(self.view.status_line())
 
     async def reload(self) -> None:

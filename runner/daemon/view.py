@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runner.daemon.control import job_dict, occurrence_dict, summary_dict
@@ -16,6 +16,16 @@ class Conditions:
     """What monitoring must see beyond the job table; the first two keep it not ready."""
 
     folder_missing: str | None = None  # the jobs folder does not exist (yet)
+    guard: str | None = None  # the mass-deletion guard is holding jobs
+    last_good: dict[str, str] = field(default_factory=dict)  # job -> its invalid file
+
+    def notes(self) -> str:
+        """What /readyz adds to its detail while ready."""
+        notes = [f"folder guard: {self.guard}"] if self.guard else []
+        if self.last_good:
+            names = ", ".join(sorted(self.last_good))
+            notes.append(f"{len(self.last_good)} jobs run their last good version ({names})")
+        return "".join(f"; {note}" for note in notes)
 
 
 class DaemonView:
@@ -58,7 +68,7 @@ class DaemonView:
         now = self._conditions()
         if now.folder_missing:
             return False, now.folder_missing
-        return True, f"{len(self.scheduler.entries)} jobs loaded"
+        return True, f"{len(self.scheduler.entries)} jobs loaded" + now.notes()
 
     def jobs(self) -> list[dict[str, Any]]:
         return [self._dict(name) for name in sorted(self.scheduler.entries)]
@@ -95,6 +105,11 @@ class DaemonView:
 
     def summary(self) -> dict[str, Any]:
         summary = summary_dict(self.jobs(), self._invalid())
+        now = self._conditions()
+        summary["folder_guard"] = now.guard
+        summary["last_good"] = [
+            {"job_id": name, "path": path} for name, path in sorted(now.last_good.items())
+        ]
         if self.scheduler.claims is not None:
             ok, detail = self.scheduler.claims.status()
             summary["store"] = {"ok": ok, "detail": detail}
