@@ -220,3 +220,67 @@ def test_last_good_versions_and_the_folder_guard_show_in_status_readyz_and_metri
     ready = control_get(daemon, "/readyz")
     assert ready.status_code == 200 and "folder guard: " in ready.json()["detail"]
     assert metric(daemon, "ductape_runner_folder_guard") == 1.0
+
+
+# ---- item 6: missing or wrong credentials --------------------------------------------------
+
+
+def test_run_refuses_to_start_without_credentials_naming_them(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = DaemonProcess(tmp_path, emulator)
+    env = {**d.env, "DUCTAPE_RUNNER_WORKSPACE_ID": "", "DUCTAPE_RUNNER_ACCESS_TOKEN": ""}
+    env["DUCTAPE_RUNNER_PUBLIC_KEY"] = "pk-that-must-not-be-printed"
+    refused = subprocess.run(
+        [sys.executable, "-m", "runner", "run"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert refused.returncode == 2
+    [line] = refused.stderr.splitlines()
+    assert "DUCTAPE_RUNNER_WORKSPACE_ID" in line and "DUCTAPE_RUNNER_ACCESS_TOKEN" in line
+    assert "pk-that-must-not-be-printed" not in refused.stderr + refused.stdout
+    dry = DaemonProcess(tmp_path, emulator, "--dry-run", env=env)
+    dry.start()
+    assert dry.stop() == 0
+
+
+def test_repeated_refused_credentials_make_the_daemon_not_ready_until_a_call_succeeds(
+    daemon: DaemonProcess, emulator: RunningEmulator
+) -> None:
+    emulator.fault(target="quotas.run", status=401, count=3)
+    daemon.write_job("a.yaml", HOURLY + "retries: 2\n")
+    daemon.start()
+    for n in range(1, 4):
+        assert control_get(daemon, "/readyz").status_code == 200
+        ctl(daemon, "trigger", "a")
+        wait_for(lambda n=n: len(daemon.events("run.finished")) == n)
+    ready = control_get(daemon, "/readyz")
+    assert ready.status_code == 503 and "refused the credentials 3 times" in ready.text
+    assert "DUCTAPE_RUNNER_ACCESS_TOKEN" in ready.text
+    finished = daemon.events("run.finished")
+    assert {e["level"] for e in finished} == {"warning"}  # failed, not after all retries
+    ctl(daemon, "trigger", "a")
+    wait_for(lambda: control_get(daemon, "/readyz").status_code == 200)
+
+
+def test_a_run_that_failed_every_attempt_is_logged_at_error(
+    daemon: DaemonProcess, emulator: RunningEmulator
+) -> None:
+    emulator.fault(target="quotas.run", status=503, count=2)
+    retry = "retry: {initial: 50ms, max: 50ms, multiplier: 1, jitter: 0}\n"
+    daemon.write_job("a.yaml", NOW + "retries: 1\n" + retry)
+    daemon.start()
+    [finished] = wait_for(lambda: daemon.events("run.finished"))
+    assert finished["outcome"] == "failed" and finished["level"] == "error"
+
+
+def test_a_dns_failure_names_the_host(tmp_path: Path, emulator: RunningEmulator) -> None:
+    d = DaemonProcess(
+        tmp_path, emulator, env={"DUCTAPE_RUNNER_BASE_URL": "http://no-such-host.invalid"}
+    )
+    d.write_job("a.yaml", NOW)
+    d.start()
+    try:
+        [failed] = wait_for(lambda: d.events("run.attempt_failed"))
+        assert "cannot resolve host no-such-host.invalid" in failed["error"]
+    finally:
+        d.stop()

@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -43,6 +44,7 @@ class RunHooks:
     on_attempt: Callable[[Job, float], None] = lambda job, seconds: None
     on_finished: Callable[[Job, Occurrence], None] = lambda job, occ: None
     on_started: Callable[[Job, Occurrence, float], None] = lambda job, occ, late_s: None
+    on_call: Callable[[DuctapeError | None], None] = lambda error: None  # each call's result
 
 
 @dataclass
@@ -139,6 +141,7 @@ class DuctapeExecutor:
         except DuctapeError as exc:
             error = exc
         self.hooks.on_attempt(job, self.clock.monotonic() - started)
+        self.hooks.on_call(error)
         if error is not None:
             return error
         occ.state, occ.last_error = "succeeded", None
@@ -204,7 +207,7 @@ class DuctapeExecutor:
             # Set before the hook: the run-duration histogram reads it (issue 11, item 7).
             occ.duration_ms = now_ms - occ.started_ms
         self.hooks.on_finished(job, occ)
-        log.info(
+        _level(job, occ)(
             "run.finished",
             job=job.name,
             kind=job.canonical_kind,
@@ -217,3 +220,11 @@ class DuctapeExecutor:
             error=occ.last_error,
             idempotency_key=occ.idempotency_key,
         )
+
+
+def _level(job: Job, occ: Occurrence) -> Callable[..., Any]:
+    """run.finished: error once every attempt failed, warning for another failure."""
+    if occ.state != "failed":
+        return log.info  # type: ignore[no-any-return]
+    exhausted = occ.attempts >= 1 + job.retries
+    return log.error if exhausted else log.warning  # type: ignore[no-any-return]

@@ -27,7 +27,8 @@ from runner.daemon.scheduler import Scheduler, to_ms
 from runner.daemon.sdnotify import Notifier, watchdog_interval_s
 from runner.daemon.view import Conditions, DaemonView
 from runner.daemon.watch import FolderSync
-from runner.ductape.client import Credentials, DuctapeClient
+from runner.ductape.client import Credentials, DuctapeClient, DuctapeError, is_auth_failure
+from runner.errors import CredentialsMissing
 from runner.jobs.loader import Defaults, Limits, LoadedJob
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretRegistry
@@ -39,6 +40,7 @@ from runner.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("runner.daemon")
 
+AUTH_FAILURES = 3  # refused calls in a row before the daemon says it is not ready
 EXIT_FORCED = 130  # 128 + SIGINT: what a shell reports for a process killed by Ctrl-C
 
 
@@ -71,11 +73,15 @@ class Daemon:
         )
         self._last_ping = 0.0
         self._last_status = 0.0
+        self.auth_failures = 0
+        self.auth_error: str | None = None
 
     # ---- start -----------------------------------------------------------------------
 
     async def run(self) -> int:
         """Start everything, serve until asked to stop, then drain; the exit status."""
+        if not (self.emulator or self.settings.dry_run):
+            self._require_credentials()
         self._install_signals()
         emulator = await self._start_emulator() if self.emulator else None
         self.store = self._open_store()
@@ -223,6 +229,7 @@ class Daemon:
             on_attempt=lambda job, s: self.metrics.attempt(job.canonical_kind, s),
             on_finished=finished,
             on_started=lambda job, occ, late_s: self.metrics.lateness(late_s),
+            on_call=self._on_call,
         )
 
     def _snapshot(self) -> list[tuple[str, str, float | None]]:
@@ -253,6 +260,37 @@ class Daemon:
             public_key=s.public_key,
             access_token=s.access_token,
         )
+
+    def _require_credentials(self) -> None:
+        """Refuse to start without them: every run would fail (issue 11, item 6)."""
+        s = self.settings
+        values = {
+            "workspace_id": s.workspace_id,
+            "user_id": s.user_id,
+            "public_key": s.public_key,
+            "access_token": s.access_token.get_secret_value(),
+        }
+        missing = [name for name, value in values.items() if not value.strip()]
+        if missing:
+            raise CredentialsMissing(missing)
+
+    def _on_call(self, error: DuctapeError | None) -> None:
+        """Count refused credentials in a row; not ready from AUTH_FAILURES, ready on success."""
+        if error is not None and not is_auth_failure(error):
+            return  # says nothing about the credentials
+        if error is None:
+            if self.auth_error is not None:
+                log.info("ductape.authorised", after_failures=self.auth_failures)
+            self.auth_failures, self.auth_error = 0, None
+            return
+        self.auth_failures += 1
+        if self.auth_failures == AUTH_FAILURES:
+            self.auth_error = (
+                f"Ductape refused the credentials {self.auth_failures} times in a row"
+                f" ({error}): check DUCTAPE_RUNNER_WORKSPACE_ID, DUCTAPE_RUNNER_USER_ID,"
+                " DUCTAPE_RUNNER_PUBLIC_KEY and DUCTAPE_RUNNER_ACCESS_TOKEN"
+            )
+            log.error("ductape.unauthorised", failures=self.auth_failures, error=str(error))
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -320,9 +358,14 @@ class Daemon:
             missing = f"jobs folder {folder} does not exist: no jobs until it appears"
         plan = self.reconciler.last_plan
         if plan is None:
-            return Conditions(folder_missing=missing)
+            return Conditions(folder_missing=missing, auth_failing=self.auth_error)
         last_good = {name: path for path, names in plan.kept_last_good.items() for name in names}
-        return Conditions(folder_missing=missing, guard=plan.guard, last_good=last_good)
+        return Conditions(
+            folder_missing=missing,
+            auth_failing=self.auth_error,
+            guard=plan.guard,
+            last_good=last_good,
+        )
 
     def _kept_at_start(self) -> set[str] | None:
         """Recorded jobs to keep although the first load did not define them; None keeps

@@ -16,6 +16,7 @@ class Conditions:
     """What monitoring must see beyond the job table; the first two keep it not ready."""
 
     folder_missing: str | None = None  # the jobs folder does not exist (yet)
+    auth_failing: str | None = None  # Ductape refused the credentials several times in a row
     guard: str | None = None  # the mass-deletion guard is holding jobs
     last_good: dict[str, str] = field(default_factory=dict)  # job -> its invalid file
 
@@ -66,8 +67,9 @@ class DaemonView:
         if not self._loaded():
             return False, "state and jobs folder not loaded yet"
         now = self._conditions()
-        if now.folder_missing:
-            return False, now.folder_missing
+        for reason in (now.folder_missing, now.auth_failing):
+            if reason:
+                return False, reason
         return True, f"{len(self.scheduler.entries)} jobs loaded" + now.notes()
 
     def jobs(self) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ over an unknown code, while a named permanent code wins over everything.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,14 +202,41 @@ def failure_error(
     )
 
 
+AUTH_STATUSES = frozenset({401, 403})
+AUTH_CODES = frozenset({"UNAUTHORIZED", "UNAUTHORISED", "FORBIDDEN", "INVALID_TOKEN"})
+
+
+def is_auth_failure(error: DuctapeError) -> bool:
+    """Ductape refused the credentials (HTTP 401/403 or an unauthorised code)."""
+    return error.http_status in AUTH_STATUSES or (error.code or "").upper() in AUTH_CODES
+
+
 def transport_error(operation: str, exc: httpx.HTTPError) -> DuctapeError:
     """Timeouts and connection trouble are retryable; a malformed URL or request is not."""
     detail = _describe(exc)
+    host = _unresolved_host(exc)
+    if host is not None:
+        return RetryableError(operation, f"cannot resolve host {host}", detail=detail)
     if isinstance(exc, httpx.TimeoutException):
         return RetryableError(operation, "timed out", detail=detail)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
         return PermanentError(operation, "request cannot be sent", detail=detail)
     return RetryableError(operation, "connection failed", detail=detail)
+
+
+def _unresolved_host(exc: httpx.HTTPError) -> str | None:
+    """The host whose name lookup failed (DNS), if that is what went wrong."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 6:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if not any(isinstance(e, socket.gaierror) for e in chain):
+        return None
+    try:
+        return exc.request.url.host
+    except RuntimeError:  # no request attached
+        return "(unknown)"
 
 
 def _describe(exc: BaseException) -> str:
