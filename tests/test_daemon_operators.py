@@ -284,3 +284,28 @@ def test_a_dns_failure_names_the_host(tmp_path: Path, emulator: RunningEmulator)
         assert "cannot resolve host no-such-host.invalid" in failed["error"]
     finally:
         d.stop()
+
+
+# ---- item 2: the last good version survives a restart ---------------------------------------
+
+
+def test_the_last_good_version_survives_a_restart_without_storing_secrets(
+    daemon: DaemonProcess, emulator: RunningEmulator
+) -> None:
+    daemon.env["ITEM2_SECRET"] = "s3cret-value-never-stored"
+    good = HOURLY + "input: {token: '${env:ITEM2_SECRET}'}\n"
+    daemon.write_job("a.yaml", good)
+    daemon.start()
+    assert daemon.stop() == 0
+    daemon.write_job("a.yaml", good.replace("0 * * * *", "61 * * * *"))
+    daemon.start()
+    assert job_names(daemon) == {"a"}
+    [invalid] = summary(daemon)["invalid_files"]
+    assert "bad minute field '61'" in invalid["error"]
+    assert summary(daemon)["last_good"] == [{"job_id": "a", "path": str(daemon.jobs / "a.yaml")}]
+    ctl(daemon, "trigger", "a")
+    [call] = wait_for(emulator.calls)
+    assert "s3cret-value-never-stored" in json.dumps(call)  # resolved at run time only
+    daemon.stop()
+    state = b"".join(p.read_bytes() for p in daemon.tmp_path.glob("state.sqlite3*"))
+    assert b"${env:ITEM2_SECRET}" in state and b"s3cret-value-never-stored" not in state

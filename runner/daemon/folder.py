@@ -16,7 +16,14 @@ import structlog
 from runner.daemon.reconcile import FileState, Plan, compute_plan
 from runner.daemon.scheduler import Scheduler
 from runner.errors import Problem
-from runner.jobs.loader import Defaults, Limits, discover_names, load_file, read_bounded
+from runner.jobs.loader import (
+    Defaults,
+    Limits,
+    LoadedJob,
+    discover_names,
+    load_file,
+    read_bounded,
+)
 from runner.jobs.yamlsrc import SourceError
 from runner.timing.clock import Clock, SystemClock
 
@@ -79,6 +86,9 @@ class FolderReconciler:
         self._inodes: dict[str, tuple[int, int]] = {}  # (dev, ino) of each path's last read
         self._guard_since: float | None = None
         self.present: bool | None = None  # the folder existed at the last scan
+        # Last good contents from the state file (path -> content), for files that are
+        # invalid when first read after a restart (issue 11, item 2).
+        self.stored: dict[str, bytes] = {}
         self._reported: dict[str, str] = {}  # path -> problem already logged
 
     def scan(
@@ -194,12 +204,35 @@ class FolderReconciler:
         last_good = None if previous is None else previous.last_good_jobs
         if isinstance(data, SourceError):
             problem = Problem(shown, data.line, data.column, "", data.message)
+            last_good = last_good if last_good is not None else self._stored_good(shown)
             return FileState(shown, "", [], [problem], last_good)
         digest = hashlib.sha256(data).hexdigest()
         if previous is not None and previous.content_hash == digest:
             return previous  # only changed files are parsed
         result = load_file(Path(shown), self.limits, self.defaults, data=data)
-        return FileState(shown, digest, result.jobs, result.problems, last_good)
+        if result.problems:
+            last_good = last_good if last_good is not None else self._stored_good(shown)
+            return FileState(shown, digest, result.jobs, result.problems, last_good)
+        return FileState(shown, digest, result.jobs, [], last_good, source=data)
+
+    def _stored_good(self, shown: str) -> list[LoadedJob] | None:
+        """The jobs of the file's last accepted content kept in the state, if any."""
+        content = self.stored.get(shown)
+        if content is None:
+            return None
+        result = load_file(Path(shown), self.limits, self.defaults, data=content)
+        return None if result.problems else result.jobs
+
+    def take_sources(self) -> dict[str, tuple[str, bytes]]:
+        """Contents of the files the last plan accepted, not yet taken: path -> (digest,
+        content). Taken once, so the bytes are not held in memory any longer."""
+        taken = {}
+        for path in self.last_plan.accepted if self.last_plan is not None else {}:
+            state = self.files.get(path)
+            if state is not None and state.source is not None:
+                taken[path] = (state.content_hash, state.source)
+                state.source = None
+        return taken
 
     def _guard(self, has_files: bool, has_jobs: bool) -> bool:
         """Track how long the folder has been gone or empty; True once confirmed."""

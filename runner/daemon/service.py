@@ -33,7 +33,7 @@ from runner.jobs.loader import Defaults, Limits, LoadedJob
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretRegistry
 from runner.settings import Settings, control_socket_path
-from runner.store import Occurrence, Store
+from runner.store import LastGoodFiles, Occurrence, Store
 from runner.store.postgres import PostgresStore, StoreUnavailable, display_dsn, is_dsn
 from runner.store.sqlite import SqliteStore
 from runner.timing.clock import Clock, SystemClock
@@ -74,6 +74,7 @@ class Daemon:
         self._last_ping = 0.0
         self._last_status = 0.0
         self.auth_failures = 0
+        self._stored_digests: dict[str, str] = {}  # path -> digest of its stored last good
         self.auth_error: str | None = None
 
     # ---- start -----------------------------------------------------------------------
@@ -343,12 +344,17 @@ class Daemon:
             quiet_s=s.quiet_period_s,
             confirm_s=s.empty_folder_confirm_s,
         )
+        if isinstance(self.store, LastGoodFiles):
+            stored = self.store.load_last_good()
+            self._stored_digests = {path: digest for path, (digest, _) in stored.items()}
+            self.reconciler.stored = {path: content for path, (_, content) in stored.items()}
         plan = self.reconciler.scan({}, deep=True)
         deadline = self.clock.monotonic() + 2.0
         while plan.unsettled and self.clock.monotonic() < deadline:
             await self.clock.sleep(max(s.quiet_period_s, 0.05))
             plan = self.reconciler.scan({}, deep=True)
         self._reloaded(plan)
+        self.reconciler.stored = {}  # in-memory last good versions take over from here
         return plan.desired
 
     def _conditions(self) -> Conditions:
@@ -387,7 +393,8 @@ class Daemon:
         return asyncio.create_task(self.sync.run(), name="watch")
 
     def _reloaded(self, plan: Plan) -> None:
-        """After every reconcile: invalid files, metrics, systemd status."""
+        """After every reconcile: last good contents, invalid files, metrics, systemd status."""
+        self._keep_last_good(plan)
         self.invalid = {}
         for problem in plan.problems:
             self.invalid.setdefault(problem.path, str(problem))
@@ -399,6 +406,23 @@ class Daemon:
                 last_good=sum(len(names) for names in plan.kept_last_good.values()),
             )
             self.notifier.status(self.view.status_line())
+
+    def _keep_last_good(self, plan: Plan) -> None:
+        """Store each accepted file's content, so a restart runs it while the file is
+        invalid (issue 11, item 2); forget deleted files (not while the guard holds)."""
+        store = self.store
+        if not isinstance(store, LastGoodFiles):
+            return
+        for path, (digest, content) in self.reconciler.take_sources().items():
+            if self._stored_digests.get(path) != digest:
+                store.save_last_good(path, digest, content)
+                self._stored_digests[path] = digest
+        if plan.guard is None:
+            gone = [p for p in self._stored_digests if p not in self.reconciler.files]
+            if gone:
+                store.forget_last_good(gone)
+                for path in gone:
+                    del self._stored_digests[path]
 
     async def reload(self) -> None:
         """SIGHUP: rescan the whole folder now and apply it (RELOADING=1 ... READY=1)."""
