@@ -4,6 +4,7 @@ RunnerError
 ├── JobFileError        a job file is unreadable, malformed or invalid (path:line:col: field: msg)
 ├── ScheduleError       a schedule cannot produce fire times (impossible cron, bad zone)
 ├── SecretError         a ${env:} / ${file:} / ${credential:} reference cannot be resolved
+├── CredentialsMissing  `run` without the Ductape credentials it needs
 └── DuctapeError        a call to Ductape failed (see runner.ductape for its subclasses)
 """
 
@@ -62,3 +63,15 @@ class SecretError(RunnerError):
         self.reference = reference
         self.reason = reason
         super().__init__(f"secret reference {reference}: {reason}")
+
+
+class CredentialsMissing(RunnerError):
+    """`run` needs Ductape credentials; the message names the settings, never a value."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        variables = ", ".join(f"DUCTAPE_RUNNER_{n.upper()}" for n in names)
+        super().__init__(
+            f"missing Ductape credentials: {', '.join(names)}; set {variables} (environment,"
+            " $CREDENTIALS_DIRECTORY or the config file), or run with --dry-run or --emulator"
+        )

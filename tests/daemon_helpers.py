@@ -69,6 +69,7 @@ class DaemonProcess:
         return path
 
     def start(self) -> DaemonProcess:
+        started = len(self.events("daemon.started"))  # a restart waits for its own
         self.log_path = self.tmp_path / f"daemon-{time.monotonic_ns()}.log"
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -78,7 +79,7 @@ class DaemonProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self.tmp_path,
             )
-        wait_for(lambda: self.events("daemon.started") or self._died())
+        wait_for(lambda: len(self.events("daemon.started")) > started or self._died())
         return self
 
     def _died(self) -> bool:

@@ -191,6 +191,12 @@ def _render_status(payload: Any) -> str:
     invalid = summary["invalid_files"]
     lines.append(f"invalid files: {len(invalid)}")
     lines += [f"  {_located(item['path'], _cell(item['error']))}" for item in invalid]
+    if summary.get("folder_guard"):
+        lines.append(f"folder guard: {summary['folder_guard']}")
+    lines += [
+        f"last good version: {item['job_id']} ({item['path']} is invalid)"
+        for item in summary.get("last_good", [])
+    ]
     headers = ("JOB", "KIND", "STATUS", "NEXT RUN", "LAST OUTCOME", "LAST FINISHED", "RUNS")
     rows = [
         (

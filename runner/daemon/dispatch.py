@@ -134,7 +134,9 @@ class Dispatch:
         limit = None if manual else entry.job.schedule.limit
         while not self.store.plan(occ, entry.record, limit=limit):
             if not (manual or entry.one_shot):
-                log.warning("run.duplicate", job=entry.job.name, scheduled_ms=scheduled_ms)
+                log.warning(
+                    "run.duplicate", job=entry.job.name, scheduled_at=_iso(from_ms(scheduled_ms))
+                )
                 return None
             # The instant is taken by an earlier trigger, or by an earlier definition of
             # this one-shot (edited, same start_at): a new call, so a new instant and key.
@@ -199,7 +201,11 @@ class Dispatch:
         """Wait for the database's verdict on the claim; False when another replica won."""
         assert self.claims is not None
         if not await self.claims.claimed(item.occ):
-            log.debug("run.claimed_elsewhere", job=item.occ.job, scheduled_ms=item.occ.scheduled_ms)
+            log.debug(
+                "run.claimed_elsewhere",
+                job=item.occ.job,
+                scheduled_at=_iso(from_ms(item.occ.scheduled_ms)),
+            )
             return False
         item.won = True
         runs.won += 1
@@ -221,7 +227,7 @@ class Dispatch:
                 occ.state, occ.reason = "cancelled", _REASONS["replaced"]
             raise  # on shutdown the occurrence stays open and resumes after restart
         except Exception as exc:  # a bug must fail this occurrence, not strand it as running
-            log.exception("run.crashed", job=occ.job, scheduled_ms=occ.scheduled_ms)
+            log.exception("run.crashed", job=occ.job, scheduled_at=_iso(from_ms(occ.scheduled_ms)))
             occ.state, occ.last_error = "failed", f"internal error: {type(exc).__name__}: {exc}"
 
     def _settle(self, name: str, runs: JobRuns, run: Run, task: asyncio.Task[None]) -> None:
@@ -333,6 +339,18 @@ class Dispatch:
             return
         log.warning("run.lease_lost", job=job, scheduled_at=_iso(from_ms(scheduled_ms)))
         run.control.halt("lease_lost")
+
+    async def abandon(self) -> int:
+        """A forced exit: cancel every run now. Their occurrences stay open in the state
+        and resume, with the same keys, at the next start (nothing is marked failed)."""
+        for runs in self.runs.values():
+            runs.halt("shutdown")
+        tasks = [t for runs in self.runs.values() for t in runs.tasks.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        return len(tasks)
 
     async def drain(self, grace_s: float) -> int:
         """Stop retries, wait up to `grace_s` for attempts in flight; cancel the rest."""

@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -43,6 +44,7 @@ class RunHooks:
     on_attempt: Callable[[Job, float], None] = lambda job, seconds: None
     on_finished: Callable[[Job, Occurrence], None] = lambda job, occ: None
     on_started: Callable[[Job, Occurrence, float], None] = lambda job, occ, late_s: None
+    on_call: Callable[[DuctapeError | None], None] = lambda error: None  # each call's result
 
 
 @dataclass
@@ -144,6 +146,7 @@ class DuctapeExecutor:
         except DuctapeError as exc:
             error = exc
         self.hooks.on_attempt(job, self.clock.monotonic() - started)
+        self.hooks.on_call(error)
         if error is not None:
             return error
         occ.state, occ.last_error = "succeeded", None
@@ -205,8 +208,11 @@ class DuctapeExecutor:
     def _summary(self, job: Job, occ: Occurrence) -> None:
         """One event per run, whatever happened (structlog best practice)."""
         now_ms = to_ms(self.clock.now())
+        if occ.started_ms is not None and occ.duration_ms is None:
+            # Set before the hook: the run-duration histogram reads it (issue 11, item 7).
+            occ.duration_ms = now_ms - occ.started_ms
         self.hooks.on_finished(job, occ)
-        log.info(
+        _level(job, occ)(
             "run.finished",
             job=job.name,
             kind=job.canonical_kind,
@@ -214,8 +220,16 @@ class DuctapeExecutor:
             trigger=occ.trigger,
             outcome=occ.state,
             attempts=occ.attempts,
-            duration_ms=None if occ.started_ms is None else now_ms - occ.started_ms,
+            duration_ms=occ.duration_ms,
             lateness_ms=None if occ.started_ms is None else occ.started_ms - occ.scheduled_ms,
             error=occ.last_error,
             idempotency_key=occ.idempotency_key,
         )
+
+
+def _level(job: Job, occ: Occurrence) -> Callable[..., Any]:
+    """run.finished: error once every attempt failed, warning for another failure."""
+    if occ.state != "failed":
+        return log.info  # type: ignore[no-any-return]
+    exhausted = occ.attempts >= 1 + job.retries
+    return log.error if exhausted else log.warning  # type: ignore[no-any-return]

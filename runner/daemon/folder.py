@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +16,14 @@ import structlog
 from runner.daemon.reconcile import FileState, Plan, compute_plan
 from runner.daemon.scheduler import Scheduler
 from runner.errors import Problem
-from runner.jobs.loader import Defaults, Limits, discover_names, load_file, read_bounded
+from runner.jobs.loader import (
+    Defaults,
+    Limits,
+    LoadedJob,
+    discover_names,
+    load_file,
+    read_bounded,
+)
 from runner.jobs.yamlsrc import SourceError
 from runner.timing.clock import Clock, SystemClock
 
@@ -21,6 +31,9 @@ log = structlog.get_logger("runner.watch")
 
 DEFAULT_LIMITS, DEFAULT_DEFAULTS = Limits(), Defaults()
 CACHE_AGE_S = 1.0  # a file unchanged for this long is skipped while its stat is unchanged
+# A file changed in place less than this long ago may still be half written: it waits,
+# unless the kernel says nobody has it open for writing (issue 11, item 1).
+SETTLE_S = 2.0
 
 
 # ---- scanning ---------------------------------------------------------------------------
@@ -70,7 +83,12 @@ class FolderReconciler:
         self.files: dict[str, FileState] = {}
         self.last_plan: Plan | None = None
         self._seen: dict[str, _Stat] = {}  # stat of the settled read each state came from
+        self._inodes: dict[str, tuple[int, int]] = {}  # (dev, ino) of each path's last read
         self._guard_since: float | None = None
+        self.present: bool | None = None  # the folder existed at the last scan
+        # Last good contents from the state file (path -> content), for files that are
+        # invalid when first read after a restart (issue 11, item 2).
+        self.stored: dict[str, bytes] = {}
         self._reported: dict[str, str] = {}  # path -> problem already logged
 
     def scan(
@@ -104,8 +122,23 @@ class FolderReconciler:
             current_paths=current_paths,
         )
         plan.unsettled = unsettled
+        self._note_presence(present)
         self._commit(plan, found)
         return plan
+
+    def _note_presence(self, present: bool) -> None:
+        """Say when the folder is missing (at start: maybe a sidecar has not made it yet)."""
+        if present == self.present:
+            return
+        if not present:
+            log.warning(
+                "folder.missing",
+                folder=str(self.folder),
+                message=f"jobs folder {self.folder} does not exist; watching for it",
+            )
+        elif self.present is False:
+            log.info("folder.appeared", folder=str(self.folder))
+        self.present = present
 
     def next_check_s(self) -> float | None:
         """Seconds until the folder should be scanned again without an event, if ever."""
@@ -137,11 +170,33 @@ class FolderReconciler:
             after = _Stat.of(os.stat(path))  # noqa: PTH116
         except OSError:
             return None
-        if after != before or (self.quiet_s > 0 and before.age_s(now_s) < self.quiet_s):
+        if after != before or (self.quiet_s > 0 and not self._settled(path, shown, before, now_s)):
             return None
         if before.age_s(now_s) >= CACHE_AGE_S:
             self._seen[shown] = before
+        self._inodes[shown] = (before.dev, before.ino)
         return self._parse(shown, data, previous)
+
+    def _settled(self, path: str, shown: str, before: _Stat, now_s: float) -> bool:
+        """Quiet for `quiet_s`, and not being written: a writer that pauses mid-file
+        leaves a prefix that may well parse (issue 11, item 1).
+
+        Nobody holding the file open for writing settles it at once (`cp`, editors,
+        ConfigMap and git-sync swaps). Where the kernel will not say (another owner's
+        files, as under systemd), a path that now names another file was swapped in
+        whole (rename, symlink swap) and settles at once; anything else written in
+        place waits until it has been unchanged for SETTLE_S.
+        """
+        age = before.age_s(now_s)
+        if age < self.quiet_s:
+            return False
+        if age >= max(SETTLE_S, self.quiet_s):
+            return True
+        writing = open_for_writing(path)
+        if writing is not None:
+            return not writing
+        last = self._inodes.get(shown)
+        return last is not None and last != (before.dev, before.ino)
 
     def _parse(
         self, shown: str, data: bytes | SourceError, previous: FileState | None
@@ -149,12 +204,35 @@ class FolderReconciler:
         last_good = None if previous is None else previous.last_good_jobs
         if isinstance(data, SourceError):
             problem = Problem(shown, data.line, data.column, "", data.message)
+            last_good = last_good if last_good is not None else self._stored_good(shown)
             return FileState(shown, "", [], [problem], last_good)
         digest = hashlib.sha256(data).hexdigest()
         if previous is not None and previous.content_hash == digest:
             return previous  # only changed files are parsed
         result = load_file(Path(shown), self.limits, self.defaults, data=data)
-        return FileState(shown, digest, result.jobs, result.problems, last_good)
+        if result.problems:
+            last_good = last_good if last_good is not None else self._stored_good(shown)
+            return FileState(shown, digest, result.jobs, result.problems, last_good)
+        return FileState(shown, digest, result.jobs, [], last_good, source=data)
+
+    def _stored_good(self, shown: str) -> list[LoadedJob] | None:
+        """The jobs of the file's last accepted content kept in the state, if any."""
+        content = self.stored.get(shown)
+        if content is None:
+            return None
+        result = load_file(Path(shown), self.limits, self.defaults, data=content)
+        return None if result.problems else result.jobs
+
+    def take_sources(self) -> dict[str, tuple[str, bytes]]:
+        """Contents of the files the last plan accepted, not yet taken: path -> (digest,
+        content). Taken once, so the bytes are not held in memory any longer."""
+        taken = {}
+        for path in self.last_plan.accepted if self.last_plan is not None else {}:
+            state = self.files.get(path)
+            if state is not None and state.source is not None:
+                taken[path] = (state.content_hash, state.source)
+                state.source = None
+        return taken
 
     def _guard(self, has_files: bool, has_jobs: bool) -> bool:
         """Track how long the folder has been gone or empty; True once confirmed."""
@@ -187,6 +265,7 @@ class FolderReconciler:
         elif self._guard_since is not None and plan.remove:
             log.warning("folder.guard", state="confirmed", removed=len(plan.remove))
         self._seen = {p: s for p, s in self._seen.items() if p in found}
+        self._inodes = {p: i for p, i in self._inodes.items() if p in found}
         self.files = found
         self.last_plan = plan
         self._report(plan)
@@ -210,6 +289,34 @@ class FolderReconciler:
                 kept=plan.kept_last_good.get(path, []),
             )
         self._reported = {p: m for p, m in self._reported.items() if p in first}
+
+
+def open_for_writing(path: str) -> bool | None:
+    """Whether some process holds the file open for writing; None where unknown.
+
+    Linux refuses a read lease (EAGAIN) while any process has the file open for
+    writing. Taking one needs to own the file; on another owner's file, or on systems
+    without leases, the answer is None. The lease is dropped at once; should a writer
+    open the file meanwhile, the kernel signals SIGURG (ignored by default) instead
+    of SIGIO, whose default would end the daemon.
+    """
+    setlease = getattr(fcntl, "F_SETLEASE", None)
+    if setlease is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    else:
+        fcntl.fcntl(fd, setlease, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 def current_of(scheduler: Scheduler) -> tuple[dict[str, str], dict[str, str]]:

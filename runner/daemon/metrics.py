@@ -125,6 +125,16 @@ class Metrics:
             "When the jobs folder was last reconciled (seconds since the epoch).",
             registry=r,
         )
+        self.folder_guard = Gauge(
+            "ductape_runner_folder_guard",
+            "1 while the mass-deletion guard holds the jobs of a vanished or emptied folder.",
+            registry=r,
+        )
+        self.last_good_jobs = Gauge(
+            "ductape_runner_last_good_jobs",
+            "Jobs running their last good version because their file is invalid.",
+            registry=r,
+        )
         r.register(_SnapshotCollector(snapshot))
 
     def run_finished(self, job: str, kind: str, outcome: Outcome, duration_s: float | None) -> None:
@@ -139,9 +149,13 @@ class Metrics:
     def lateness(self, seconds: float) -> None:
         self.fire_lateness.observe(max(seconds, 0.0))
 
-    def reloaded(self, ts: float, invalid_files: int) -> None:
+    def reloaded(
+        self, ts: float, invalid_files: int, *, guard: bool = False, last_good: int = 0
+    ) -> None:
         self.last_reload.set(ts)
         self.invalid_files.set(invalid_files)
+        self.folder_guard.set(1 if guard else 0)
+        self.last_good_jobs.set(last_good)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

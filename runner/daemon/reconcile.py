@@ -26,6 +26,7 @@ class FileState:
     jobs: list[LoadedJob] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     last_good_jobs: list[LoadedJob] | None = None
+    source: bytes | None = None  # content read, until the daemon has stored it (valid files)
 
 
 @dataclass

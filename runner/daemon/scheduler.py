@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
 import structlog
@@ -93,8 +93,12 @@ class Scheduler(Dispatch):
 
     # ---- the job set -------------------------------------------------------------
 
-    def start(self, jobs: dict[str, LoadedJob]) -> None:
-        """Load remembered state, add every job, and resume occurrences left open."""
+    def start(self, jobs: dict[str, LoadedJob], *, keep: Collection[str] | None = None) -> None:
+        """Load remembered state, add every job, and resume occurrences left open.
+
+        With `keep` (the folder was read), a recorded job that is neither in `jobs` nor
+        in `keep` was deleted while the daemon was down: it is marked removed.
+        """
         self.records = self.store.load_jobs()
         left_open = self.store.open_occurrences()
         for occ in left_open:  # they count toward `limit` before anything new is planned
@@ -102,7 +106,19 @@ class Scheduler(Dispatch):
                 self._runs_of(occ.job).pending += 1
         for loaded in jobs.values():
             self.upsert(loaded)
+        if keep is not None:
+            self._mark_removed(set(jobs) | set(keep))
         self._resume_open(left_open)
+
+    def _mark_removed(self, defined: set[str]) -> None:
+        """Issue 11, item 3: without this, `plan` kept proposing to remove such a job."""
+        now_ms = to_ms(self.clock.now())
+        for record in self.records.values():
+            if record.name in defined or record.removed_ms is not None:
+                continue
+            record.removed_ms, record.next_fire_ms = now_ms, None
+            self.store.save_job(record)
+            log.info("job.removed", job=record.name, running=0, while_stopped=True)
 
     def upsert(self, loaded: LoadedJob) -> str:
         """Add a job or apply its new definition; returns added, updated or unchanged."""

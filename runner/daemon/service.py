@@ -1,7 +1,7 @@
 """`ductape-runner run`: start, serve, reload and stop, as three plain steps.
 
 Signal handlers only queue a request; the main coroutine acts on it:
-SIGHUP reloads, SIGTERM/SIGINT drain and exit 0, a second SIGINT exits at once.
+SIGHUP reloads, SIGTERM/SIGINT drain and exit 0, a second SIGINT exits at once (130).
 """
 
 from __future__ import annotations
@@ -25,19 +25,23 @@ from runner.daemon.metrics import Metrics
 from runner.daemon.reconcile import Plan
 from runner.daemon.scheduler import Scheduler, to_ms
 from runner.daemon.sdnotify import Notifier, watchdog_interval_s
-from runner.daemon.view import DaemonView
+from runner.daemon.view import Conditions, DaemonView
 from runner.daemon.watch import FolderSync
-from runner.ductape.client import Credentials, DuctapeClient
+from runner.ductape.client import Credentials, DuctapeClient, DuctapeError, is_auth_failure
+from runner.errors import CredentialsMissing
 from runner.jobs.loader import Defaults, Limits, LoadedJob
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretRegistry
 from runner.settings import Settings, control_socket_path, control_token_path
-from runner.store import Occurrence, Store
+from runner.store import LastGoodFiles, Occurrence, Store
 from runner.store.postgres import PostgresStore, StoreUnavailable, display_dsn, is_dsn
 from runner.store.sqlite import SqliteStore
 from runner.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("runner.daemon")
+
+AUTH_FAILURES = 3  # refused calls in a row before the daemon says it is not ready
+EXIT_FORCED = 130  # 128 + SIGINT: what a shell reports for a process killed by Ctrl-C
 
 
 class Daemon:
@@ -73,11 +77,16 @@ class Daemon:
         self._last_ping = 0.0
         self._last_status = 0.0
         self._last_check = 0.0
+        self.auth_failures = 0
+        self._stored_digests: dict[str, str] = {}  # path -> digest of its stored last good
+        self.auth_error: str | None = None
 
     # ---- start -----------------------------------------------------------------------
 
     async def run(self) -> int:
         """Start everything, serve until asked to stop, then drain; the exit status."""
+        if not (self.emulator or self.settings.dry_run):
+            self._require_credentials()
         self._install_signals()
         emulator = await self._start_emulator() if self.emulator else None
         self.store = self._open_store()
@@ -117,6 +126,7 @@ class Daemon:
             loaded=lambda: self.loaded,
             invalid=lambda: self.invalid,
             state=self.store.health if isinstance(self.store, SqliteStore) else None,
+            conditions=self._conditions,
         )
         try:
             jobs = await self._first_load()
@@ -128,7 +138,7 @@ class Daemon:
             if shared is not None:
                 await self._connect(shared, jobs)
             with self.store.batch():
-                self.scheduler.start(jobs)
+                self.scheduler.start(jobs, keep=self._kept_at_start())
             if shared is not None:
                 shared.start()
             self.loaded = True
@@ -235,6 +245,7 @@ class Daemon:
             on_attempt=lambda job, s: self.metrics.attempt(job.canonical_kind, s),
             on_finished=finished,
             on_started=lambda job, occ, late_s: self.metrics.lateness(late_s),
+            on_call=self._on_call,
         )
 
     def _snapshot(self) -> list[tuple[str, str, float | None]]:
@@ -268,6 +279,37 @@ class Daemon:
             public_key=s.public_key,
             access_token=s.access_token,
         )
+
+    def _require_credentials(self) -> None:
+        """Refuse to start without them: every run would fail (issue 11, item 6)."""
+        s = self.settings
+        values = {
+            "workspace_id": s.workspace_id,
+            "user_id": s.user_id,
+            "public_key": s.public_key,
+            "access_token": s.access_token.get_secret_value(),
+        }
+        missing = [name for name, value in values.items() if not value.strip()]
+        if missing:
+            raise CredentialsMissing(missing)
+
+    def _on_call(self, error: DuctapeError | None) -> None:
+        """Count refused credentials in a row; not ready from AUTH_FAILURES, ready on success."""
+        if error is not None and not is_auth_failure(error):
+            return  # says nothing about the credentials
+        if error is None:
+            if self.auth_error is not None:
+                log.info("ductape.authorised", after_failures=self.auth_failures)
+            self.auth_failures, self.auth_error = 0, None
+            return
+        self.auth_failures += 1
+        if self.auth_failures == AUTH_FAILURES:
+            self.auth_error = (
+                f"Ductape refused the credentials {self.auth_failures} times in a row"
+                f" ({error}): check DUCTAPE_RUNNER_WORKSPACE_ID, DUCTAPE_RUNNER_USER_ID,"
+                " DUCTAPE_RUNNER_PUBLIC_KEY and DUCTAPE_RUNNER_ACCESS_TOKEN"
+            )
+            log.error("ductape.unauthorised", failures=self.auth_failures, error=str(error))
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -320,13 +362,42 @@ class Daemon:
             quiet_s=s.quiet_period_s,
             confirm_s=s.empty_folder_confirm_s,
         )
+        if isinstance(self.store, LastGoodFiles):
+            stored = self.store.load_last_good()
+            self._stored_digests = {path: digest for path, (digest, _) in stored.items()}
+            self.reconciler.stored = {path: content for path, (_, content) in stored.items()}
         plan = self.reconciler.scan({}, deep=True)
         deadline = self.clock.monotonic() + 2.0
         while plan.unsettled and self.clock.monotonic() < deadline:
             await self.clock.sleep(max(s.quiet_period_s, 0.05))
             plan = self.reconciler.scan({}, deep=True)
         self._reloaded(plan)
+        self.reconciler.stored = {}  # in-memory last good versions take over from here
         return plan.desired
+
+    def _conditions(self) -> Conditions:
+        folder = self.reconciler.folder
+        missing = None
+        if not self.reconciler.present and not self.scheduler.entries:
+            missing = f"jobs folder {folder} does not exist: no jobs until it appears"
+        plan = self.reconciler.last_plan
+        if plan is None:
+            return Conditions(folder_missing=missing, auth_failing=self.auth_error)
+        last_good = {name: path for path, names in plan.kept_last_good.items() for name in names}
+        return Conditions(
+            folder_missing=missing,
+            auth_failing=self.auth_error,
+            guard=plan.guard,
+            last_good=last_good,
+        )
+
+    def _kept_at_start(self) -> set[str] | None:
+        """Recorded jobs to keep although the first load did not define them; None keeps
+        all (a missing or empty folder: the mass-deletion guard's case, not a deletion)."""
+        plan = self.reconciler.last_plan
+        if plan is None or not self.reconciler.files:
+            return None
+        return {name for names in plan.kept_last_good.values() for name in names}
 
     def _start_sync(self) -> asyncio.Task[None]:
         s = self.settings
@@ -340,13 +411,36 @@ class Daemon:
         return asyncio.create_task(self.sync.run(), name="watch")
 
     def _reloaded(self, plan: Plan) -> None:
-        """After every reconcile: invalid files, metrics, systemd status."""
+        """After every reconcile: last good contents, invalid files, metrics, systemd status."""
+        self._keep_last_good(plan)
         self.invalid = {}
         for problem in plan.problems:
             self.invalid.setdefault(problem.path, str(problem))
         if hasattr(self, "metrics"):
-            self.metrics.reloaded(self.clock.now().timestamp(), len(self.invalid))
+            self.metrics.reloaded(
+                self.clock.now().timestamp(),
+                len(self.invalid),
+                guard=plan.guard is not None,
+                last_good=sum(len(names) for names in plan.kept_last_good.values()),
+            )
             self.notifier.status(self.view.status_line())
+
+    def _keep_last_good(self, plan: Plan) -> None:
+        """Store each accepted file's content, so a restart runs it while the file is
+        invalid (issue 11, item 2); forget deleted files (not while the guard holds)."""
+        store = self.store
+        if not isinstance(store, LastGoodFiles):
+            return
+        for path, (digest, content) in self.reconciler.take_sources().items():
+            if self._stored_digests.get(path) != digest:
+                store.save_last_good(path, digest, content)
+                self._stored_digests[path] = digest
+        if plan.guard is None:
+            gone = [p for p in self._stored_digests if p not in self.reconciler.files]
+            if gone:
+                store.forget_last_good(gone)
+                for path in gone:
+                    del self._stored_digests[path]
 
     async def reload(self) -> None:
         """SIGHUP: rescan the whole folder now and apply it (RELOADING=1 ... READY=1)."""
@@ -367,19 +461,42 @@ class Daemon:
 
     async def _stop(self, loop_task: asyncio.Task[Any]) -> int:
         urgent = self.requests.get_nowait() == "kill"
+        if urgent:
+            self._forced()
         grace = 0.0 if urgent else self.settings.shutdown_grace_s
-        log.info("daemon.stopping", grace_s=grace)
+        hint = {"force": "interrupt again (Ctrl-C) to force exit"} if self.interrupts else {}
+        log.info("daemon.stopping", grace_s=grace, open_runs=self._open_runs(), **hint)
         drain = asyncio.create_task(self.scheduler.drain(grace))
         while not drain.done():
             kill = asyncio.create_task(self.requests.get())
             await asyncio.wait({drain, kill}, return_when=asyncio.FIRST_COMPLETED)
             if kill.done() and kill.result() in ("kill", "stop") and self.interrupts > 1:
+                self._forced()
                 drain.cancel()  # a second SIGINT: stop waiting for attempts in flight
             kill.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             cancelled = await drain
             log.info("daemon.stopped", cancelled_attempts=cancelled)
+        if self.exit_status == EXIT_FORCED:
+            await self.scheduler.abandon()  # before the client closes under them
         loop_task.cancel()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await loop_task
         return self.exit_status
+
+    def _open_runs(self) -> int:
+        """Occurrences in flight or queued: what a forced exit leaves open in the state."""
+        runs = self.scheduler.runs.values()
+        return sum(len(run.queue) for job in runs for run in job.active.values())
+
+    def _forced(self) -> None:
+        """A second SIGINT: say what is left open, and exit 130 (128 + SIGINT) like a shell."""
+        if self.exit_status != EXIT_FORCED:
+            left = self._open_runs()
+            log.warning(
+                "daemon.forced",
+                open_runs=left,
+                message=f"second interrupt: not waiting; {left} runs left open, resumed "
+                "with the same idempotency keys at the next start",
+            )
+        self.exit_status = EXIT_FORCED

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from runner.daemon.control import job_dict, occurrence_dict, summary_dict
 from runner.daemon.scheduler import Scheduler, to_ms
 from runner.store.postgres import StoreUnavailable
+
+
+@dataclass
+class Conditions:
+    """What monitoring must see beyond the job table; the first two keep it not ready."""
+
+    folder_missing: str | None = None  # the jobs folder does not exist (yet)
+    auth_failing: str | None = None  # Ductape refused the credentials several times in a row
+    guard: str | None = None  # the mass-deletion guard is holding jobs
+    last_good: dict[str, str] = field(default_factory=dict)  # job -> its invalid file
+
+    def notes(self) -> str:
+        """What /readyz adds to its detail while ready."""
+        notes = [f"folder guard: {self.guard}"] if self.guard else []
+        if self.last_good:
+            names = ", ".join(sorted(self.last_good))
+            notes.append(f"{len(self.last_good)} jobs run their last good version ({names})")
+        return "".join(f"; {note}" for note in notes)
 
 
 class DaemonView:
@@ -21,12 +40,14 @@ class DaemonView:
         loaded: Callable[[], bool],
         invalid: Callable[[], dict[str, str]],
         state: Callable[[], tuple[bool, str]] | None = None,
+        conditions: Callable[[], Conditions] = Conditions,
     ) -> None:
         self.scheduler = scheduler
         self._state = state
         self.stale_after_s = stale_after_s
         self._loaded = loaded
         self._invalid = invalid
+        self._conditions = conditions
 
     def healthy(self) -> tuple[bool, str]:
         age = self.scheduler.clock.monotonic() - self.scheduler.heartbeat
@@ -49,7 +70,11 @@ class DaemonView:
     def ready(self) -> tuple[bool, str]:
         if not self._loaded():
             return False, "state and jobs folder not loaded yet"
-        return True, f"{len(self.scheduler.entries)} jobs loaded"
+        now = self._conditions()
+        for reason in (now.folder_missing, now.auth_failing):
+            if reason:
+                return False, reason
+        return True, f"{len(self.scheduler.entries)} jobs loaded" + now.notes()
 
     def jobs(self) -> list[dict[str, Any]]:
         return [self._dict(name) for name in sorted(self.scheduler.entries)]
@@ -89,6 +114,11 @@ class DaemonView:
 
     def summary(self) -> dict[str, Any]:
         summary = summary_dict(self.jobs(), self._invalid())
+        now = self._conditions()
+        summary["folder_guard"] = now.guard
+        summary["last_good"] = [
+            {"job_id": name, "path": path} for name, path in sorted(now.last_good.items())
+        ]
         if self.scheduler.claims is not None:
             ok, detail = self.scheduler.claims.status()
             summary["store"] = {"ok": ok, "detail": detail}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -212,9 +213,21 @@ def failure_error(
     )
 
 
+AUTH_STATUSES = frozenset({401, 403})
+AUTH_CODES = frozenset({"UNAUTHORIZED", "UNAUTHORISED", "FORBIDDEN", "INVALID_TOKEN"})
+
+
+def is_auth_failure(error: DuctapeError) -> bool:
+    """Ductape refused the credentials (HTTP 401/403 or an unauthorised code)."""
+    return error.http_status in AUTH_STATUSES or (error.code or "").upper() in AUTH_CODES
+
+
 def transport_error(operation: str, exc: BaseException) -> DuctapeError:
     """Timeouts and connection trouble are retryable; a malformed URL or request is not."""
     detail = _describe(exc)
+    host = _unresolved_host(exc)
+    if host is not None:
+        return RetryableError(operation, f"cannot resolve host {host}", detail=detail)
     if isinstance(exc, TimeoutError):
         return RetryableError(operation, "timed out", detail=detail)
     if isinstance(exc, ValueError | aiohttp.NonHttpUrlClientError):
@@ -226,6 +239,21 @@ def transport_error(operation: str, exc: BaseException) -> DuctapeError:
 def _label(exc: BaseException) -> str:
     # Connect failures (refused, DNS, TLS handshake) keep one transport-neutral name.
     return "ConnectError" if isinstance(exc, aiohttp.ClientConnectorError) else type(exc).__name__
+
+
+def _unresolved_host(exc: BaseException) -> str | None:
+    """The host whose name lookup failed (DNS), if that is what went wrong."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 6:
+        chain.append(current)
+        if isinstance(current, aiohttp.ClientConnectorError):
+            chain.append(current.os_error)
+        current = current.__cause__ or current.__context__
+    if not any(isinstance(e, socket.gaierror) for e in chain):
+        return None
+    connector_error = next((e for e in chain if isinstance(e, aiohttp.ClientConnectorError)), None)
+    return connector_error.host if connector_error is not None else "(unknown)"
 
 
 def _describe(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from runner.errors import RunnerError
 
@@ -114,6 +114,21 @@ class Store(Protocol):
         ...
 
     def prune(self, before_ms: int) -> int: ...
+
+
+@runtime_checkable
+class LastGoodFiles(Protocol):
+    """Each job file's last accepted content, so a restart can run it while the file is
+    invalid. Job files hold secret references (`${env:X}`), never values: the content
+    is stored as read. SQLite only for now (replicas each read their own folder)."""
+
+    def load_last_good(self) -> dict[str, tuple[str, bytes]]:
+        """path -> (digest, content)."""
+        ...
+
+    def save_last_good(self, path: str, digest: str, content: bytes) -> None: ...
+
+    def forget_last_good(self, paths: list[str]) -> None: ...
 
 
 @dataclass

@@ -65,6 +65,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX occurrences_open ON occurrences (state) WHERE state IN ('planned', 'running');
     CREATE INDEX occurrences_finished ON occurrences (finished_ms);
     """,
+    # 2: each job file's last accepted content (issue 11, item 2)
+    """
+    CREATE TABLE last_good_files (
+        path TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        content BLOB NOT NULL
+    );
+    """,
 ]
 
 _JOB_COLUMNS = [f.name for f in fields(JobRecord)]
@@ -222,6 +230,22 @@ class SqliteStore:
             f"{_SELECT_OCC} WHERE job = ? ORDER BY scheduled_ms DESC LIMIT ?", (job, limit)
         ).fetchall()
         return [Occurrence(*row) for row in rows]
+
+    def load_last_good(self) -> dict[str, tuple[str, bytes]]:
+        rows = self.db.execute("SELECT path, digest, content FROM last_good_files").fetchall()
+        return {path: (digest, bytes(content)) for path, digest, content in rows}
+
+    def save_last_good(self, path: str, digest: str, content: bytes) -> None:
+        self._tick_tx()
+        self.db.execute(
+            "INSERT INTO last_good_files (path, digest, content) VALUES (?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET digest = excluded.digest, content = excluded.content",
+            (path, digest, content),
+        )
+
+    def forget_last_good(self, paths: list[str]) -> None:
+        self._tick_tx()
+        self.db.executemany("DELETE FROM last_good_files WHERE path = ?", [(p,) for p in paths])
 
     def prune(self, before_ms: int) -> int:
         """Forget finished occurrences older than the retention horizon."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -184,7 +185,12 @@ class _Claims(_Connections):
         row = await (await conn.execute(_FINISH, params)).fetchone()
         if not row or row[0] != 1:
             # Taken over (or already final): the other replica's result is the record.
-            log.warning("run.fenced", job=key[0], scheduled_ms=key[1], replica=self.replica_id)
+            log.warning(
+                "run.fenced",
+                job=key[0],
+                scheduled_at=datetime.fromtimestamp(key[1] / 1000, UTC).isoformat(),
+                replica=self.replica_id,
+            )
         self.held.pop(key, None)
 
     # ---- the lease keeper ---------------------------------------------------------------------
