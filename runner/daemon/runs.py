@@ -74,7 +74,7 @@ class Executor(Protocol):
     ) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One occurrence waiting in (or at the head of) a run, with the definition it runs."""
 
@@ -84,7 +84,7 @@ class Item:
     won: bool = False  # replicas: this replica won its claim and has not finished it
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Run:
     """One task: its occurrences run one after another, in order of their instants."""
 
@@ -102,7 +102,7 @@ class Run:
         self.queue = deque(head + merged)
 
 
-@dataclass
+@dataclass(slots=True)
 class JobRuns:
     """Everything in flight for one job name, whichever version of its definition."""
 
@@ -141,7 +141,7 @@ class JobRuns:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """A job as the scheduler holds it: its current definition and its next instant."""
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
 import stat
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,7 @@ class Defaults:
     env: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoadedJob:
     """A validated job and where it was defined."""
 
@@ -268,7 +270,37 @@ def _validate_entry(
         return
     line = doc.position(base)[0]
     digest = hashlib.sha256(job.model_dump_json(by_alias=True).encode()).hexdigest()
-    result.jobs.append(LoadedJob(job, result.path, line, digest))
+    result.jobs.append(LoadedJob(_compact(job), result.path, line, digest))
+
+
+# Parts that many jobs share (a folder of 100,000 jobs holds a handful of retry, catch-up
+# and DST policies and far fewer schedules than jobs): one frozen instance serves all.
+_SHARED_PARTS = ("schedule", "retry", "catchup", "dst", "session")
+_SHARED_STRINGS = ("kind", "env", "product", "cache", "concurrency")
+_shared: dict[Any, Any] = {}
+
+
+def _compact(job: Job) -> Job:
+    """The job with its equal parts shared with other jobs' (issue 12: memory per job).
+
+    The models are frozen and compared by value, so sharing an equal instance changes
+    nothing a reader can see; the table only grows with distinct values.
+    """
+    fields = job.__dict__
+    for name in _SHARED_PARTS:
+        part = fields.get(name)
+        if part is not None:
+            with contextlib.suppress(TypeError):  # a part holding a dict is not hashable
+                fields[name] = _shared.setdefault(part, part)
+    for name in _SHARED_STRINGS:
+        text = fields.get(name)
+        if isinstance(text, str):
+            fields[name] = sys.intern(text)
+    # pydantic keeps, per instance, the set of fields the file gave; jobs written alike
+    # give the same set, and a frozen job never changes it (216 B a job).
+    given = job.__pydantic_fields_set__
+    object.__setattr__(job, "__pydantic_fields_set__", _shared.setdefault(frozenset(given), given))
+    return job
 
 
 def _secret_ref_problems(value: Any, path: DataPath) -> Iterator[tuple[DataPath, str]]:

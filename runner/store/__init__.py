@@ -29,7 +29,7 @@ class StateError(RunnerError):
         super().__init__(f"state file {path}: {problem}; {advice}")
 
 
-@dataclass
+@dataclass(slots=True)
 class JobRecord:
     """What the runner remembers about one job across restarts."""
 
@@ -53,7 +53,7 @@ class JobRecord:
     succeeded_hash: str | None = None  # definition a one-shot succeeded with
 
 
-@dataclass
+@dataclass(slots=True)
 class Occurrence:
     """One (job, scheduled instant): written before its call is made."""
 
