@@ -14,6 +14,7 @@ from runner.jobs.secrets import (
     REDACTED,
     SecretRegistry,
     is_secret_key,
+    redact,
     redact_processor,
     resolve,
 )
@@ -208,3 +209,15 @@ def test_it_works_in_a_structlog_chain(capsys: pytest.CaptureFixture[str]) -> No
     assert "hunter2-pw" not in out
     assert "abc123" not in out
     assert '"error": "bad password ***"' in out
+
+
+def test_every_encoding_of_a_value_and_its_cut_end_are_hidden() -> None:
+    from tests.test_suite_hostile import ECHOED, echo_forms
+
+    forms = SecretRegistry([ECHOED]).forms()
+    for name, form in echo_forms(ECHOED).items():
+        assert ECHOED not in (hidden := redact(f"echo: {form}.", forms)), name
+        assert REDACTED in hidden and form not in hidden, name
+    assert redact(f"body: 'secret={ECHOED[:9]}'", forms) == f"body: 'secret={REDACTED}'"
+    assert redact(f"secret={ECHOED[:5]}", forms) == f"secret={ECHOED[:5]}"  # under 6: kept
+    assert redact(f"{ECHOED[:9]} in the middle", forms) == f"{ECHOED[:9]} in the middle"

@@ -12,7 +12,9 @@ its process exists. `pytest -s` prints the memory figures.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +25,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -496,3 +499,101 @@ def test_a_misspelt_or_mistyped_setting_is_named_and_its_value_never_printed(
     result = run_once(d, "--config", str(config))
     assert_one_line_error(result, "acces_token", "max_concurrent_runs", "log_level", str(config))
     assert "VALUE-never-printed" not in result.stderr + result.stdout
+
+
+# ---- secrets echoed back by Ductape (issue 13 item 10) ---------------------------------------
+
+# Quotes, a backslash, a slash, a plus, a space and a non-ASCII letter: every encoding
+# below then differs from the raw value. Never printed: assertions name the encoding.
+ECHOED = "p\\ss'w\"rd/+ é=hunter2-SECRET-7q"
+
+
+def echo_forms(secret: str) -> dict[str, str]:
+    """The ways an upstream error may echo a request's secret back."""
+    b64 = base64.b64encode(secret.encode()).decode()
+    return {
+        "raw": secret,
+        "json": json.dumps(secret)[1:-1],
+        "json-utf8": json.dumps(secret, ensure_ascii=False)[1:-1],
+        "repr": repr(secret)[1:-1],
+        "dict-repr": repr({"password": secret}),
+        "quote": urllib.parse.quote(secret),
+        "quote-nosafe": urllib.parse.quote(secret, safe=""),
+        "quote_plus": urllib.parse.quote_plus(secret),
+        "base64": b64,
+        "base64-urlsafe": base64.urlsafe_b64encode(secret.encode()).decode(),
+        "base64-unpadded": b64.rstrip("="),
+    }
+
+
+def string_leaves(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from string_leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from string_leaves(item)
+
+
+def post(d: SuiteDaemon, path: str) -> httpx.Response:
+    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
+    with httpx.Client(transport=transport, base_url="http://daemon", timeout=10) as client:
+        return client.post(path)
+
+
+def leaks(where: str, text: str, forms: dict[str, str]) -> list[str]:
+    return [f"{where}: {name}" for name, form in forms.items() if form in text]
+
+
+def test_a_secret_echoed_by_ductape_in_any_encoding_is_redacted_everywhere(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    env = {"JOB_TOKEN": ECHOED, "DUCTAPE_RUNNER_SECRET_ENV": '["JOB_*"]'}
+    d = SuiteDaemon(tmp_path, emulator, env=env)
+    d.write_job("leaky.yaml", FAR + 'input: {password: "${env:JOB_TOKEN}"}\n')
+    forms = echo_forms(ECHOED)
+    cut = ECHOED[:14]  # what Ductape's own truncation at the end of a message leaves
+    echoed = " | ".join(forms.values())
+    d.start()
+    try:
+        # A JSON failure echoing every encoding, ending with the value cut short.
+        emulator.fault(status=400, message=f"bad request {echoed} | secret={cut}")
+        assert post(d, "/jobs/leaky/trigger").status_code in (200, 202)
+        wait_for(lambda: len(d.events("run.finished")) >= 1)
+        # A gateway's plain-text page with the raw value across its 120th byte.
+        emulator.fault(status=400, raw=True, message="x" * 110 + f"secret={ECHOED} tail")
+        assert post(d, "/jobs/leaky/trigger").status_code in (200, 202)
+        wait_for(lambda: len(d.events("run.finished")) >= 2)
+        assert len(emulator.calls()) == 2
+        forms["cut"] = cut
+        found: list[str] = []
+        for name, result in [
+            ("status", ctl(d, "status", "--json")),
+            ("status leaky", ctl(d, "status", "leaky", "--json")),
+            ("history", ctl(d, "history", "leaky", "--json")),
+        ]:
+            assert result.returncode == 0, name
+            leaves = "\n".join(string_leaves(json.loads(result.stdout)))
+            found += leaks(name, result.stdout + leaves, forms)
+        jobs = probe(d, "/jobs").json()
+        found += leaks("/jobs", "\n".join(string_leaves(jobs)), forms)
+        history = d.control("/jobs/leaky/history")
+        assert sum("***" in (o["last_error"] or "") for o in history) == 2
+        found += state_leaks(d, forms)  # the WAL while it holds the writes
+    finally:
+        d.stop()
+    found += state_leaks(d, forms)
+    found += leaks("log", d.output() + "\n".join(string_leaves(d.events())), forms)
+    assert not found, f"the secret leaked as: {sorted(set(found))}"
+
+
+def state_leaks(d: SuiteDaemon, forms: dict[str, str]) -> list[str]:
+    found: list[str] = []
+    for suffix in ("", "-wal"):
+        path = Path(f"{d.state}{suffix}")
+        if path.exists():
+            found += leaks(path.name, path.read_bytes().decode(errors="replace"), forms)
+    return found

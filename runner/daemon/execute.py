@@ -199,7 +199,7 @@ class DuctapeExecutor:
 
     def _clean(self, text: str) -> str:
         """Redacted, without control characters a database refuses (NUL), bounded."""
-        cleaned: str = redact(text, self.registry.values())
+        cleaned: str = redact(text, self.registry.forms())  # before the cut
         return clean_text(cleaned)
 
     def _summary(self, job: Job, occ: Occurrence) -> None:

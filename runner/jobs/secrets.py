@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,9 @@ from runner.jobs.model import find_secret_refs
 
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words in every log line
+MIN_CUT_PREFIX = 6  # a secret cut short at the end of a text is hidden from this length on
+# What may follow a value cut short: a closing quote (repr), an ellipsis, a broken character.
+_AFTER_CUT = " \t\r\n'\"….\ufffd"
 _REF = re.compile(r"\$\{([^}]*)\}")  # same shape as runner.jobs.model's, which validates them
 SECRET_KEYS = frozenset(
     {
@@ -42,6 +48,7 @@ class SecretRegistry:
         self._lock = threading.Lock()
         self._values: set[str] = set()
         self._ordered: tuple[str, ...] = ()
+        self._forms: tuple[str, ...] = ()
         self.add_all(values)
 
     def add(self, value: str) -> None:
@@ -56,13 +63,62 @@ class SecretRegistry:
             self._values |= fresh
             # Longest first, so a secret that contains another is hidden whole.
             self._ordered = tuple(sorted(self._values, key=len, reverse=True))
+            forms = {form for value in self._values for form in encodings(value)}
+            self._forms = tuple(sorted(forms, key=len, reverse=True))
 
     def values(self) -> tuple[str, ...]:
         """A snapshot, longest first; safe to iterate while other threads add."""
         return self._ordered
 
+    def forms(self) -> tuple[str, ...]:
+        """Every value in every encoding an echo may carry (see `encodings`), longest
+        first: what `redact` is given."""
+        return self._forms
+
     def __len__(self) -> int:
         return len(self._ordered)
+
+
+def encodings(value: str) -> set[str]:
+    """`value` as an upstream error may echo it (issue 13 item 10): raw, JSON-escaped,
+    as a Python repr, URL-encoded (quote, quote_plus), base64 (standard and urlsafe,
+    padded or not), and one level of JSON or repr around each escaped form (a repr'd
+    body that held JSON). Forms shorter than MIN_SECRET_LENGTH are left out."""
+    escaped = {value, *_json_forms(value), *_repr_forms(value)}
+    nested = {form for e in escaped - {value} for form in (*_json_forms(e), *_repr_forms(e))}
+    forms = escaped | nested | _url_forms(value) | _base64_forms(value)
+    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+
+
+def _json_forms(value: str) -> set[str]:
+    ascii_form = json.dumps(value)[1:-1]
+    return {ascii_form, json.dumps(value, ensure_ascii=False)[1:-1], ascii_form.replace("/", "\\/")}
+
+
+def _repr_forms(value: str) -> set[str]:
+    """Inside single quotes a quote is escaped, inside double quotes it is not; which
+    one repr picks depends on the whole string the value sits in."""
+    text = repr(value)
+    inner = text[1:-1]
+    if text[0] == '"':
+        return {inner, inner.replace("'", "\\'")}
+    return {inner, inner.replace("\\'", "'")}
+
+
+def _url_forms(value: str) -> set[str]:
+    forms = {
+        urllib.parse.quote(value),
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value),
+        urllib.parse.quote_plus(value, safe="/"),
+    }
+    return forms | {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in forms}
+
+
+def _base64_forms(value: str) -> set[str]:
+    raw = value.encode()
+    forms = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+    return forms | {form.rstrip("=") for form in forms}
 
 
 def _parts(value: str) -> list[str]:
@@ -166,12 +222,14 @@ def is_secret_key(key: object) -> bool:
 
 
 def redact(value: Any, secrets: tuple[str, ...]) -> Any:
-    """Copy of `value` with secret values inside strings and under secret-named keys hidden."""
+    """Copy of `value` with secret values inside strings and under secret-named keys hidden.
+
+    `secrets` is SecretRegistry.forms(): every encoding, longest first. A form cut short
+    (MIN_CUT_PREFIX characters or more) at the end of a string is hidden too: upstream
+    errors are often truncated in the middle of what they echo.
+    """
     if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        return _redact_text(value, secrets)
     if isinstance(value, Mapping):
         return {
             k: REDACTED if is_secret_key(k) and v is not None else redact(v, secrets)
@@ -184,13 +242,35 @@ def redact(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
+def _redact_text(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for secret in secrets:
+        if len(secret) > MIN_CUT_PREFIX:
+            text = _hide_cut_end(text, secret)
+    return text
+
+
+def _hide_cut_end(text: str, secret: str) -> str:
+    """`text` ending (but for a closing quote or an ellipsis) with a prefix of `secret`
+    of at least MIN_CUT_PREFIX characters: that prefix replaced."""
+    body = text.rstrip(_AFTER_CUT)
+    start = body.find(secret[:MIN_CUT_PREFIX], max(0, len(body) - len(secret) + 1))
+    while start != -1:
+        if secret.startswith(body[start:]):
+            return text[:start] + REDACTED + text[len(body) :]
+        start = body.find(secret[:MIN_CUT_PREFIX], start + 1)
+    return text
+
+
 def redact_processor(registry: SecretRegistry) -> Processor:
     """A structlog processor; put it after format_exc_info, just before the renderer."""
 
     def processor(
         logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        secrets = registry.values()
+        secrets = registry.forms()
         for key, value in list(event_dict.items()):
             if is_secret_key(key) and value is not None:
                 event_dict[key] = REDACTED
