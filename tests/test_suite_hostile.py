@@ -597,3 +597,64 @@ def state_leaks(d: SuiteDaemon, forms: dict[str, str]) -> list[str]:
         if path.exists():
             found += leaks(path.name, path.read_bytes().decode(errors="replace"), forms)
     return found
+
+
+# ---- what a job file may read (issue 13 item 11) ----------------------------------------------
+
+REFUSED = {  # job -> (reference, the setting the error names)
+    "other-env": ("${env:OTHER_SECRET}", "secret_env"),
+    "own-env": ("${env:DUCTAPE_RUNNER_ACCESS_TOKEN}", "DUCTAPE_RUNNER_"),
+    "environ": ("${file:/proc/self/environ}", "secret_dirs"),
+    "shadow": ("${file:/etc/shadow}", "secret_dirs"),
+    "dotdot": ("${file:SECRETS/../outside.txt}", "secret_dirs"),
+    "symlink": ("${file:SECRETS/link}", "secret_dirs"),
+}
+
+
+def test_env_and_file_references_are_refused_outside_the_allowed_names_and_folders(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "pw").write_text("allowed-file-value\n")
+    (tmp_path / "outside.txt").write_text("outside-value\n")
+    (secrets / "link").symlink_to(tmp_path / "outside.txt")
+    env = {
+        "JOB_TOKEN": "allowed-env-value",
+        "OTHER_SECRET": "other-env-value",
+        "DUCTAPE_RUNNER_SECRET_ENV": '["JOB_*", "DUCTAPE_RUNNER_*"]',  # own ones stay refused
+        "DUCTAPE_RUNNER_SECRET_DIRS": json.dumps([str(secrets)]),
+    }
+    d = SuiteDaemon(tmp_path, emulator, env=env)
+    for job, (ref, _) in REFUSED.items():
+        d.write_job(
+            f"{job}.yaml", FAR + f"input: {{a: '{ref.replace('SECRETS', str(secrets))}'}}\n"
+        )
+    allowed = "input: {a: '${env:JOB_TOKEN}', b: '${file:SECRETS/pw}'}\n"
+    d.write_job("allowed.yaml", FAR + allowed.replace("SECRETS", str(secrets)))
+    checked = ctl(d, "check", str(d.jobs))
+    assert checked.returncode == 1
+    for job, (_, setting) in REFUSED.items():
+        line = next(x for x in checked.stdout.splitlines() if x.startswith(str(d.jobs / job)))
+        assert f"{job}.yaml:6:12:" in line and "input.a" in line and setting in line, line
+    assert "allowed.yaml" not in checked.stdout
+    d.start()
+    try:
+        for job in [*REFUSED, "allowed"]:
+            assert post(d, f"/jobs/{job}/trigger").status_code in (200, 202)
+        wait_for(lambda: len(d.events("run.finished")) >= len(REFUSED) + 1)
+        finished = {e["job"]: e for e in d.events("run.finished")}
+        for job, (_, setting) in REFUSED.items():
+            assert finished[job]["outcome"] == "failed"
+            error = finished[job]["error"]
+            assert f"job {job}: input.a:" in error and setting in error, error
+        assert finished["allowed"]["outcome"] == "succeeded"
+        calls = emulator.calls()
+        assert len(calls) == 1 and ":allowed:" in calls[0]["idempotency_key"]
+    finally:
+        d.stop()
+    sent = json.dumps(calls[0]["params"])
+    assert "allowed-env-value" in sent and "allowed-file-value" in sent
+    token = emulator.credentials.access_token.get_secret_value()
+    for value in ("other-env-value", "outside-value", token, "root:"):
+        assert value not in d.output()

@@ -191,7 +191,10 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     missing = [p for p in paths if not p.exists()]
     problems = [Problem(str(p), 0, 0, "", "no such file or folder") for p in missing]
     limits = Limits(max_file_bytes=settings.max_file_bytes)
-    defaults = Defaults(product=settings.product, env=settings.env)
+    from runner.jobs.secrets import SecretPolicy
+
+    policy = SecretPolicy.from_settings(settings)
+    defaults = Defaults(product=settings.product, env=settings.env, secrets=policy)
     result = load_folder([p for p in paths if p.exists()], limits, defaults)
     problems += result.all_problems()
     jobs = sum(len(f.jobs) for f in result.files if f.ok)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from runner.errors import SecretError
 from runner.jobs.model import find_secret_refs
+from runner.settings import Settings
 
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words in every log line
@@ -126,40 +129,101 @@ def _parts(value: str) -> list[str]:
     return [value, *lines] if len(lines) > 1 else [value]
 
 
+OWN_ENV_PREFIX = "DUCTAPE_RUNNER_"
+
+
+@dataclass(frozen=True)
+class SecretPolicy:
+    """What a job file may read (issue 13 item 11): `${env:NAME}` only for names in
+    `env` (exact, or a prefix ending in `*`), never the runner's own DUCTAPE_RUNNER_*;
+    `${file:/path}` only under `dirs` or `credentials_dir`, symbolic links and `..`
+    resolved first. The default refuses both; `${credential:}` is always allowed."""
+
+    env: tuple[str, ...] = ()
+    dirs: tuple[str, ...] = ()
+    credentials_dir: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretPolicy:
+        return cls(
+            env=tuple(settings.secret_env),
+            dirs=tuple(str(d) for d in settings.secret_dirs),
+            credentials_dir=settings.credentials_directory,
+        )
+
+    def refusal(self, scheme: str, arg: str) -> str | None:
+        """Why the reference may not be read, naming the setting to change; None if it may."""
+        if scheme == "env":
+            return self._env_refusal(arg)
+        if scheme == "file" and self.allowed_file(arg) is None:
+            real = os.path.realpath(arg)
+            shown = arg if real == arg else f"{arg} (which is {real})"
+            return (
+                f"{shown} is outside $CREDENTIALS_DIRECTORY and the secret_dirs setting; "
+                "add its folder to secret_dirs to allow it"
+            )
+        return None
+
+    def _env_refusal(self, name: str) -> str | None:
+        if name.upper().startswith(OWN_ENV_PREFIX):
+            return f"the runner's own {OWN_ENV_PREFIX}* variables are never sent"
+        if any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in self.env):
+            return None
+        return f"{name} is not allowed by the secret_env setting; add it (or a prefix, e.g. JOB_*)"
+
+    def allowed_file(self, arg: str) -> str | None:
+        """The resolved path of `arg` if it lies in an allowed folder, else None."""
+        real = os.path.realpath(arg)
+        roots = [*self.dirs, *([self.credentials_dir] if self.credentials_dir else [])]
+        for root in roots:
+            top = os.path.realpath(root)
+            if real == top or real.startswith(top.rstrip("/") + "/"):
+                return real
+        return None
+
+
 def resolve(
     value: Any,
     *,
     environ: Mapping[str, str],
     credentials_dir: str | None,
     registry: SecretRegistry | None = None,
+    policy: SecretPolicy | None = None,
 ) -> Any:
     """Deep copy of `value` with every secret reference in its strings replaced.
 
     `${env:NAME}` reads `environ`, `${file:/path}` reads the file, `${credential:NAME}` reads
-    NAME inside `credentials_dir` (systemd's $CREDENTIALS_DIRECTORY). One trailing newline of
-    file contents is dropped. Resolved values are added to `registry` for log redaction.
+    NAME inside `credentials_dir` (systemd's $CREDENTIALS_DIRECTORY), each only where
+    `policy` allows (default: credentials only). One trailing newline of file contents is
+    dropped. Resolved values are added to `registry` for log redaction. A SecretError
+    names the field (`input.password`) holding the reference.
     """
+    policy = policy if policy is not None else SecretPolicy(credentials_dir=credentials_dir)
+    return _resolve(value, (), _Reader(environ, credentials_dir, registry, policy))
+
+
+@dataclass(frozen=True)
+class _Reader:
+    environ: Mapping[str, str]
+    credentials_dir: str | None
+    registry: SecretRegistry | None
+    policy: SecretPolicy
+
+
+def _resolve(value: Any, path: tuple[str, ...], reader: _Reader) -> Any:
     if isinstance(value, str):
-        return _resolve_text(value, environ, credentials_dir, registry)
+        try:
+            return _resolve_text(value, reader)
+        except SecretError as exc:
+            raise exc.at(".".join(path)) if path and exc.field is None else exc from None
     if isinstance(value, Mapping):
-        return {
-            k: resolve(v, environ=environ, credentials_dir=credentials_dir, registry=registry)
-            for k, v in value.items()
-        }
+        return {k: _resolve(v, (*path, str(k)), reader) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [
-            resolve(v, environ=environ, credentials_dir=credentials_dir, registry=registry)
-            for v in value
-        ]
+        return [_resolve(v, (*path, str(i)), reader) for i, v in enumerate(value)]
     return copy.deepcopy(value)
 
 
-def _resolve_text(
-    text: str,
-    environ: Mapping[str, str],
-    credentials_dir: str | None,
-    registry: SecretRegistry | None,
-) -> str:
+def _resolve_text(text: str, reader: _Reader) -> str:
     if "${" not in text:
         return text
     try:
@@ -169,9 +233,16 @@ def _resolve_text(
 
     def substitute(match: re.Match[str]) -> str:
         scheme, _, arg = match.group(1).partition(":")
-        secret = read_secret(scheme, arg, environ=environ, credentials_dir=credentials_dir)
-        if registry is not None:
-            registry.add(secret)
+        refused = reader.policy.refusal(scheme, arg)
+        if refused is not None:
+            raise SecretError(match.group(0), f"refused: {refused}")
+        if scheme == "file":  # read what was checked, not a link swapped in since
+            arg = reader.policy.allowed_file(arg) or arg
+        secret = read_secret(
+            scheme, arg, environ=reader.environ, credentials_dir=reader.credentials_dir
+        )
+        if reader.registry is not None:
+            reader.registry.add(secret)
         return secret
 
     return _REF.sub(substitute, text)
@@ -221,32 +292,35 @@ def is_secret_key(key: object) -> bool:
     return key.lower().replace("-", "").replace("_", "").replace(" ", "") in SECRET_KEYS
 
 
-def redact(value: Any, secrets: tuple[str, ...]) -> Any:
+def redact(value: Any, secrets: tuple[str, ...], *, cut_ends: bool = False) -> Any:
     """Copy of `value` with secret values inside strings and under secret-named keys hidden.
 
-    `secrets` is SecretRegistry.forms(): every encoding, longest first. A form cut short
-    (MIN_CUT_PREFIX characters or more) at the end of a string is hidden too: upstream
-    errors are often truncated in the middle of what they echo.
+    `secrets` is SecretRegistry.forms(): every encoding, longest first. With `cut_ends`
+    (for errors from upstream, which are often truncated in the middle of what they
+    echo), a form cut short (MIN_CUT_PREFIX characters or more) at the end of a string is
+    hidden too; not elsewhere, where a job named like a secret's start would vanish.
     """
     if isinstance(value, str):
-        return _redact_text(value, secrets)
+        return _redact_text(value, secrets, cut_ends)
     if isinstance(value, Mapping):
         return {
-            k: REDACTED if is_secret_key(k) and v is not None else redact(v, secrets)
+            k: REDACTED
+            if is_secret_key(k) and v is not None
+            else redact(v, secrets, cut_ends=cut_ends)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [redact(v, secrets) for v in value]
+        return [redact(v, secrets, cut_ends=cut_ends) for v in value]
     if isinstance(value, tuple):
-        return tuple(redact(v, secrets) for v in value)
+        return tuple(redact(v, secrets, cut_ends=cut_ends) for v in value)
     return value
 
 
-def _redact_text(text: str, secrets: tuple[str, ...]) -> str:
+def _redact_text(text: str, secrets: tuple[str, ...], cut_ends: bool) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    for secret in secrets:
+    for secret in secrets if cut_ends else ():
         if len(secret) > MIN_CUT_PREFIX:
             text = _hide_cut_end(text, secret)
     return text
