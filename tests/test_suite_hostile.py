@@ -16,6 +16,7 @@ import base64
 import contextlib
 import json
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -658,3 +659,75 @@ def test_env_and_file_references_are_refused_outside_the_allowed_names_and_folde
     token = emulator.credentials.access_token.get_secret_value()
     for value in ("other-env-value", "outside-value", token, "root:"):
         assert value not in d.output()
+
+
+# ---- terminal and CI log injection (issue 13 item 13) -----------------------------------------
+
+# ESC (a colour, a title change via OSC), C1 CSI, DEL, bidi overrides and isolates.
+HOSTILE_CHARS = ["\x1b", "\x07", "\x9b", "\x7f", "\u202e", "\u2066", "\u200f", "\u061c"]
+
+
+def raw_controls(text: str) -> list[str]:
+    """The hostile characters (and any C0 but newline) left in `text`, as escapes."""
+    found = {c for c in text if c in HOSTILE_CHARS or (ord(c) < 32 and c != "\n")}
+    return sorted(ascii(c) for c in found)
+
+
+def test_control_and_bidi_characters_never_reach_a_terminal_or_a_ci_log(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    evil = "\x1b]0;owned\x07\x1b[31m\x9b2J\x7f\u202etxt.yaml\u2066\u200f\u061c"
+    d.write_job("sneaky.yaml", FAR + f"input: {{note: {json.dumps(evil)}}}\n")
+    d.write_job(f"bad{evil}.yaml", "kind: quota\nschedule: {cron: '61 * * * *'}\n")
+    # A newline in a file name: on a GitHub runner, a workflow command of its own.
+    newline = d.write_job("x.yaml\n::warning file=a,line=1::injected\n.yaml", "kind: [\n")
+    emulator.fault(status=400, message=f"bad input {evil} here")
+    d.start()
+    try:
+        assert post(d, "/jobs/sneaky/trigger").status_code in (200, 202)
+        wait_for(lambda: d.events("run.finished"))
+        wait_for(lambda: len(d.control("/status")["invalid_files"]) == 2)
+        human = {
+            "status": on_terminal(d, "status"),
+            "status sneaky": on_terminal(d, "status", "sneaky"),
+            "history": on_terminal(d, "history", "sneaky"),
+        }
+        as_json = ctl(d, "status", "--json")
+    finally:
+        d.stop()
+    checked = ctl(d, "check", str(d.jobs))
+    human["check"] = checked.stdout + checked.stderr
+    found = {name: raw_controls(text) for name, text in human.items()}
+    assert not any(found.values()), found
+    assert "bad\\x1b]0;owned" in human["status"] and "\\u202etxt" in human["check"]
+    assert "\\x9b2J" in human["history"] and "sneaky" in human["status sneaky"]
+    leaves = list(string_leaves(json.loads(as_json.stdout)))
+    assert any(evil in leaf for leaf in leaves), [ascii(x) for x in leaves]  # JSON stays data
+    github = ctl(d, "check", "--format", "github", str(d.jobs)).stdout
+    assert not raw_controls(github)
+    commands = [line for line in github.splitlines() if line.startswith("::")]
+    assert all(line.startswith("::error file=") for line in commands), commands
+    escaped = str(newline).replace("%", "%25").replace(":", "%3A").replace(",", "%2C")
+    assert f"file={escaped.replace(chr(10), '%0A')}," in github
+
+
+def on_terminal(d: SuiteDaemon, *args: str) -> str:
+    """What the CLI prints to a terminal (a pseudo-terminal), carriage returns dropped."""
+    main, child = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        env=d.env,
+        cwd=d.tmp_path,
+        stdout=child,
+        stderr=child,
+    ) as proc:
+        os.close(child)
+        chunks = []
+        with contextlib.suppress(OSError):  # EIO once the child has closed its side
+            while chunk := os.read(main, 65536):
+                chunks.append(chunk)
+        proc.wait(timeout=20)
+    os.close(main)
+    assert proc.returncode == 0, args
+    return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")

@@ -209,16 +209,15 @@ def _print_problems(problems: list[Problem], fmt: str) -> None:
     if fmt == "json":
         print(json.dumps([p.as_dict() for p in problems], indent=2))
         return
+    from runner.cli.visible import github_data, github_property, visible
+
     for p in problems:
         if fmt == "github":
             text = f"{p.field}: {p.message}" if p.field else p.message
-            print(f"::error file={p.path},line={p.line},col={p.column}::{_gh_escape(text)}")
+            where = f"file={github_property(p.path)},line={p.line},col={p.column}"
+            print(f"::error {where}::{github_data(text)}")
         else:
-            print(p)
-
-
-def _gh_escape(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+            print(visible(str(p)))  # a file name may hold ESC or a newline
 
 
 def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
