@@ -59,10 +59,16 @@ class ScheduleError(RunnerError, ValueError):
 class SecretError(RunnerError):
     """A secret reference cannot be resolved; the message never holds the secret itself."""
 
-    def __init__(self, reference: str, reason: str) -> None:
+    def __init__(self, reference: str, reason: str, field: str | None = None) -> None:
         self.reference = reference
         self.reason = reason
-        super().__init__(f"secret reference {reference}: {reason}")
+        self.field = field
+        where = f"{field}: " if field else ""
+        super().__init__(f"{where}secret reference {reference}: {reason}")
+
+    def at(self, field: str) -> SecretError:
+        """The same error, naming the field of the job that holds the reference."""
+        return SecretError(self.reference, self.reason, field)
 
 
 class CredentialsMissing(RunnerError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ class Settings(BaseSettings):
     # beside the control socket (0600). A systemd credential of this name also sets it.
     control_token: SecretStr | None = None
     credentials_directory: str | None = None
+    # What job files may read (issue 13 item 11): ${file:} only under these folders (and
+    # credentials_directory), ${env:} only for these names or NAME_* prefixes.
+    secret_dirs: list[Path] = []
+    secret_env: list[str] = []
     dry_run: bool = False
     quiet_period_s: float = Field(default=0.25, ge=0, le=5)
     resync_interval_s: float = Field(default=60.0, ge=1)
@@ -69,6 +74,25 @@ class Settings(BaseSettings):
         if not port.isdigit() or int(port) > 65535:
             raise ValueError(f"{value!r}: expected [HOST:]PORT, e.g. 127.0.0.1:9464 or 9464")
         return value
+
+    @field_validator("secret_dirs")
+    @classmethod
+    def _absolute_dirs(cls, value: list[Path]) -> list[Path]:
+        relative = [str(p) for p in value if not p.is_absolute()]
+        if relative:
+            raise ValueError(f"folders must be absolute paths, not {relative}")
+        return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        bad = [n for n in value if not _ENV_PATTERN.fullmatch(n)]
+        if bad:
+            raise ValueError(f"expected names or prefixes like JOB_*, not {bad}")
+        return value
+
+
+_ENV_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?|\*")
 
 
 def load_settings(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -239,7 +240,12 @@ def test_secrets_never_reach_logs_or_the_state_file(
     d = DaemonProcess(
         tmp_path,
         emulator,
-        env={"ENV_SECRET": "env-secret-value-123", "CREDENTIALS_DIRECTORY": str(creds_dir)},
+        env={
+            "ENV_SECRET": "env-secret-value-123",
+            "CREDENTIALS_DIRECTORY": str(creds_dir),
+            "DUCTAPE_RUNNER_SECRET_ENV": '["ENV_SECRET"]',  # refused by default (issue 13)
+            "DUCTAPE_RUNNER_SECRET_DIRS": json.dumps([str(tmp_path)]),
+        },
     )
     d.write_job(
         "j.yaml",

@@ -293,6 +293,7 @@ def test_the_last_good_version_survives_a_restart_without_storing_secrets(
     daemon: DaemonProcess, emulator: RunningEmulator
 ) -> None:
     daemon.env["ITEM2_SECRET"] = "s3cret-value-never-stored"
+    daemon.env["DUCTAPE_RUNNER_SECRET_ENV"] = '["ITEM2_SECRET"]'  # ${env:} needs allowing
     good = HOURLY + "input: {token: '${env:ITEM2_SECRET}'}\n"
     daemon.write_job("a.yaml", good)
     daemon.start()

@@ -12,13 +12,16 @@ import structlog
 from runner.errors import SecretError
 from runner.jobs.secrets import (
     REDACTED,
+    SecretPolicy,
     SecretRegistry,
     is_secret_key,
+    redact,
     redact_processor,
     resolve,
 )
 
-ENVIRON = {"DB_PASSWORD": "hunter2-pw", "EMPTY": ""}
+ENVIRON = {"DB_PASSWORD": "hunter2-pw", "EMPTY": "", "DUCTAPE_RUNNER_ACCESS_TOKEN": "tok-own"}
+OPEN = SecretPolicy(env=("*",), dirs=("/",))  # every name and file but the runner's own
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def test_it_resolves_each_scheme_inside_nested_values(tmp_path: Path, creds: Pat
             "keys": ["${file:" + str(key_file) + "}", 7, None, True],
         },
     }
-    resolved = resolve(value, environ=ENVIRON, credentials_dir=str(creds))
+    resolved = resolve(value, environ=ENVIRON, credentials_dir=str(creds), policy=OPEN)
     assert resolved == {
         "session": {"tag": "users", "token": "tok-from-systemd"},
         "input": {
@@ -52,7 +55,7 @@ def test_it_resolves_each_scheme_inside_nested_values(tmp_path: Path, creds: Pat
 
 def test_it_returns_a_deep_copy_even_without_references() -> None:
     value = {"a": {"b": [1, 2]}}
-    resolved = resolve(value, environ={}, credentials_dir=None)
+    resolved = resolve(value, environ={}, credentials_dir=None, policy=OPEN)
     resolved["a"]["b"].append(3)
     assert value == {"a": {"b": [1, 2]}}
 
@@ -60,14 +63,17 @@ def test_it_returns_a_deep_copy_even_without_references() -> None:
 def test_only_one_trailing_newline_of_a_file_is_dropped(tmp_path: Path) -> None:
     path = tmp_path / "pem"
     path.write_text("line one\nline two\n\n")
-    assert resolve("${file:" + str(path) + "}", environ={}, credentials_dir=None) == (
+    assert resolve("${file:" + str(path) + "}", environ={}, credentials_dir=None, policy=OPEN) == (
         "line one\nline two\n"
     )
 
 
 def test_ductape_operators_and_plain_dollars_pass_through() -> None:
     value = {"user": "$Session{users}{email}", "at": "$Now()", "price": "$5", "env": "${env:EMPTY}"}
-    assert resolve(value, environ=ENVIRON, credentials_dir=None) == {**value, "env": ""}
+    assert resolve(value, environ=ENVIRON, credentials_dir=None, policy=OPEN) == {
+        **value,
+        "env": "",
+    }
 
 
 @pytest.mark.parametrize(
@@ -87,7 +93,7 @@ def test_failures_name_the_reference_and_never_a_value(
     directory = str(creds) if credentials_dir == "CREDS" else credentials_dir
     value = {"token": f"prefix {reference}", "other": "${env:DB_PASSWORD}"}
     with pytest.raises(SecretError, match=reason) as caught:
-        resolve(value, environ=ENVIRON, credentials_dir=directory)
+        resolve(value, environ=ENVIRON, credentials_dir=directory, policy=OPEN)
     assert reference[2:-1] in str(caught.value)
     assert "hunter2-pw" not in str(caught.value)
     assert "tok-from-systemd" not in str(caught.value)
@@ -97,7 +103,7 @@ def test_an_unreadable_file_is_reported_without_its_contents(tmp_path: Path) -> 
     directory = tmp_path / "a-directory"
     directory.mkdir()
     with pytest.raises(SecretError, match="cannot be read"):
-        resolve("${file:" + str(directory) + "}", environ={}, credentials_dir=None)
+        resolve("${file:" + str(directory) + "}", environ={}, credentials_dir=None, policy=OPEN)
 
 
 def test_resolved_values_are_registered_for_redaction(creds: Path) -> None:
@@ -107,6 +113,7 @@ def test_resolved_values_are_registered_for_redaction(creds: Path) -> None:
         environ=ENVIRON,
         credentials_dir=str(creds),
         registry=registry,
+        policy=OPEN,
     )
     assert set(registry.values()) == {"hunter2-pw", "tok-from-systemd"}
 
@@ -208,3 +215,67 @@ def test_it_works_in_a_structlog_chain(capsys: pytest.CaptureFixture[str]) -> No
     assert "hunter2-pw" not in out
     assert "abc123" not in out
     assert '"error": "bad password ***"' in out
+
+
+def test_every_encoding_of_a_value_and_its_cut_end_are_hidden() -> None:
+    from tests.test_suite_hostile import ECHOED, echo_forms
+
+    forms = SecretRegistry([ECHOED]).forms()
+    for name, form in echo_forms(ECHOED).items():
+        assert ECHOED not in (hidden := redact(f"echo: {form}.", forms)), name
+        assert REDACTED in hidden and form not in hidden, name
+    cut = f"body: 'secret={ECHOED[:9]}'"
+    assert redact(cut, forms, cut_ends=True) == f"body: 'secret={REDACTED}'"
+    assert redact(cut, forms) == cut  # only upstream errors are cut: a job name is kept
+    assert redact(f"secret={ECHOED[:5]}", forms, cut_ends=True) == f"secret={ECHOED[:5]}"
+    middle = f"{ECHOED[:9]} in the middle"
+    assert redact(middle, forms, cut_ends=True) == middle
+
+
+@pytest.mark.parametrize(
+    ("reference", "allowed"),
+    [
+        ("${env:JOB_TOKEN}", True),
+        ("${env:DB_PASSWORD}", True),
+        ("${env:DB_PASSWORD_2}", False),
+        ("${env:OTHER}", False),
+        ("${env:DUCTAPE_RUNNER_ACCESS_TOKEN}", False),  # even though DUCTAPE_* is allowed
+        ("${file:ALLOWED/pw}", True),
+        ("${file:CREDS/session-token}", True),
+        ("${file:ALLOWED/../outside}", False),
+        ("${file:ALLOWED/link}", False),
+        ("${file:ALLOWED-sibling/pw}", False),
+        ("${file:/proc/self/environ}", False),
+        ("${file:/etc/shadow}", False),
+    ],
+)
+def test_the_policy_allows_only_named_variables_and_files_under_allowed_folders(
+    tmp_path: Path, creds: Path, reference: str, allowed: bool
+) -> None:
+    folder = tmp_path / "allowed"
+    folder.mkdir()
+    (folder / "pw").write_text("pw-value")
+    (tmp_path / "outside").write_text("outside-value")
+    (folder / "link").symlink_to(tmp_path / "outside")
+    policy = SecretPolicy(
+        env=("JOB_*", "DB_PASSWORD", "DUCTAPE_*"), dirs=(str(folder),), credentials_dir=str(creds)
+    )
+    ref = reference.replace("ALLOWED", str(folder)).replace("CREDS", str(creds))
+    environ = {**ENVIRON, "JOB_TOKEN": "job-value", "OTHER": "x" * 8, "DB_PASSWORD_2": "y" * 8}
+    value = {"input": {"a": ref}}
+    if allowed:
+        resolve(value, environ=environ, credentials_dir=str(creds), policy=policy)
+        return
+    with pytest.raises(SecretError, match="refused") as caught:
+        resolve(value, environ=environ, credentials_dir=str(creds), policy=policy)
+    assert str(caught.value).startswith("input.a: secret reference")
+    assert ("secret_env" if "env:" in ref else "secret_dirs") in str(caught.value) or (
+        "DUCTAPE_RUNNER_" in str(caught.value)
+    )
+    assert "value" not in str(caught.value)
+
+
+def test_without_a_policy_only_credentials_are_read(creds: Path) -> None:
+    assert resolve("${credential:session-token}", environ={}, credentials_dir=str(creds))
+    with pytest.raises(SecretError, match="secret_env"):
+        resolve("${env:DB_PASSWORD}", environ=ENVIRON, credentials_dir=str(creds))

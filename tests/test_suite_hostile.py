@@ -12,8 +12,11 @@ its process exists. `pytest -s` prints the memory figures.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -23,6 +26,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -496,3 +500,234 @@ def test_a_misspelt_or_mistyped_setting_is_named_and_its_value_never_printed(
     result = run_once(d, "--config", str(config))
     assert_one_line_error(result, "acces_token", "max_concurrent_runs", "log_level", str(config))
     assert "VALUE-never-printed" not in result.stderr + result.stdout
+
+
+# ---- secrets echoed back by Ductape (issue 13 item 10) ---------------------------------------
+
+# Quotes, a backslash, a slash, a plus, a space and a non-ASCII letter: every encoding
+# below then differs from the raw value. Never printed: assertions name the encoding.
+ECHOED = "p\\ss'w\"rd/+ é=hunter2-SECRET-7q"
+
+
+def echo_forms(secret: str) -> dict[str, str]:
+    """The ways an upstream error may echo a request's secret back."""
+    b64 = base64.b64encode(secret.encode()).decode()
+    return {
+        "raw": secret,
+        "json": json.dumps(secret)[1:-1],
+        "json-utf8": json.dumps(secret, ensure_ascii=False)[1:-1],
+        "repr": repr(secret)[1:-1],
+        "dict-repr": repr({"password": secret}),
+        "quote": urllib.parse.quote(secret),
+        "quote-nosafe": urllib.parse.quote(secret, safe=""),
+        "quote_plus": urllib.parse.quote_plus(secret),
+        "base64": b64,
+        "base64-urlsafe": base64.urlsafe_b64encode(secret.encode()).decode(),
+        "base64-unpadded": b64.rstrip("="),
+    }
+
+
+def string_leaves(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from string_leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from string_leaves(item)
+
+
+def post(d: SuiteDaemon, path: str) -> httpx.Response:
+    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
+    with httpx.Client(transport=transport, base_url="http://daemon", timeout=10) as client:
+        return client.post(path)
+
+
+def leaks(where: str, text: str, forms: dict[str, str]) -> list[str]:
+    return [f"{where}: {name}" for name, form in forms.items() if form in text]
+
+
+def test_a_secret_echoed_by_ductape_in_any_encoding_is_redacted_everywhere(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    env = {"JOB_TOKEN": ECHOED, "DUCTAPE_RUNNER_SECRET_ENV": '["JOB_*"]'}
+    d = SuiteDaemon(tmp_path, emulator, env=env)
+    d.write_job("leaky.yaml", FAR + 'input: {password: "${env:JOB_TOKEN}"}\n')
+    forms = echo_forms(ECHOED)
+    cut = ECHOED[:14]  # what Ductape's own truncation at the end of a message leaves
+    echoed = " | ".join(forms.values())
+    d.start()
+    try:
+        # A JSON failure echoing every encoding, ending with the value cut short.
+        emulator.fault(status=400, message=f"bad request {echoed} | secret={cut}")
+        assert post(d, "/jobs/leaky/trigger").status_code in (200, 202)
+        wait_for(lambda: len(d.events("run.finished")) >= 1)
+        # A gateway's plain-text page with the raw value across its 120th byte.
+        emulator.fault(status=400, raw=True, message="x" * 110 + f"secret={ECHOED} tail")
+        assert post(d, "/jobs/leaky/trigger").status_code in (200, 202)
+        wait_for(lambda: len(d.events("run.finished")) >= 2)
+        assert len(emulator.calls()) == 2
+        forms["cut"] = cut
+        found: list[str] = []
+        for name, result in [
+            ("status", ctl(d, "status", "--json")),
+            ("status leaky", ctl(d, "status", "leaky", "--json")),
+            ("history", ctl(d, "history", "leaky", "--json")),
+        ]:
+            assert result.returncode == 0, name
+            leaves = "\n".join(string_leaves(json.loads(result.stdout)))
+            found += leaks(name, result.stdout + leaves, forms)
+        jobs = probe(d, "/jobs").json()
+        found += leaks("/jobs", "\n".join(string_leaves(jobs)), forms)
+        history = d.control("/jobs/leaky/history")
+        assert sum("***" in (o["last_error"] or "") for o in history) == 2
+        found += state_leaks(d, forms)  # the WAL while it holds the writes
+    finally:
+        d.stop()
+    found += state_leaks(d, forms)
+    found += leaks("log", d.output() + "\n".join(string_leaves(d.events())), forms)
+    assert not found, f"the secret leaked as: {sorted(set(found))}"
+
+
+def state_leaks(d: SuiteDaemon, forms: dict[str, str]) -> list[str]:
+    found: list[str] = []
+    for suffix in ("", "-wal"):
+        path = Path(f"{d.state}{suffix}")
+        if path.exists():
+            found += leaks(path.name, path.read_bytes().decode(errors="replace"), forms)
+    return found
+
+
+# ---- what a job file may read (issue 13 item 11) ----------------------------------------------
+
+REFUSED = {  # job -> (reference, the setting the error names)
+    "other-env": ("${env:OTHER_SECRET}", "secret_env"),
+    "own-env": ("${env:DUCTAPE_RUNNER_ACCESS_TOKEN}", "DUCTAPE_RUNNER_"),
+    "environ": ("${file:/proc/self/environ}", "secret_dirs"),
+    "shadow": ("${file:/etc/shadow}", "secret_dirs"),
+    "dotdot": ("${file:SECRETS/../outside.txt}", "secret_dirs"),
+    "symlink": ("${file:SECRETS/link}", "secret_dirs"),
+}
+
+
+def test_env_and_file_references_are_refused_outside_the_allowed_names_and_folders(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "pw").write_text("allowed-file-value\n")
+    (tmp_path / "outside.txt").write_text("outside-value\n")
+    (secrets / "link").symlink_to(tmp_path / "outside.txt")
+    env = {
+        "JOB_TOKEN": "allowed-env-value",
+        "OTHER_SECRET": "other-env-value",
+        "DUCTAPE_RUNNER_SECRET_ENV": '["JOB_*", "DUCTAPE_RUNNER_*"]',  # own ones stay refused
+        "DUCTAPE_RUNNER_SECRET_DIRS": json.dumps([str(secrets)]),
+    }
+    d = SuiteDaemon(tmp_path, emulator, env=env)
+    for job, (ref, _) in REFUSED.items():
+        d.write_job(
+            f"{job}.yaml", FAR + f"input: {{a: '{ref.replace('SECRETS', str(secrets))}'}}\n"
+        )
+    allowed = "input: {a: '${env:JOB_TOKEN}', b: '${file:SECRETS/pw}'}\n"
+    d.write_job("allowed.yaml", FAR + allowed.replace("SECRETS", str(secrets)))
+    checked = ctl(d, "check", str(d.jobs))
+    assert checked.returncode == 1
+    for job, (_, setting) in REFUSED.items():
+        line = next(x for x in checked.stdout.splitlines() if x.startswith(str(d.jobs / job)))
+        assert f"{job}.yaml:6:12:" in line and "input.a" in line and setting in line, line
+    assert "allowed.yaml" not in checked.stdout
+    d.start()
+    try:
+        for job in [*REFUSED, "allowed"]:
+            assert post(d, f"/jobs/{job}/trigger").status_code in (200, 202)
+        wait_for(lambda: len(d.events("run.finished")) >= len(REFUSED) + 1)
+        finished = {e["job"]: e for e in d.events("run.finished")}
+        for job, (_, setting) in REFUSED.items():
+            assert finished[job]["outcome"] == "failed"
+            error = finished[job]["error"]
+            assert f"job {job}: input.a:" in error and setting in error, error
+        assert finished["allowed"]["outcome"] == "succeeded"
+        calls = emulator.calls()
+        assert len(calls) == 1 and ":allowed:" in calls[0]["idempotency_key"]
+    finally:
+        d.stop()
+    sent = json.dumps(calls[0]["params"])
+    assert "allowed-env-value" in sent and "allowed-file-value" in sent
+    token = emulator.credentials.access_token.get_secret_value()
+    for value in ("other-env-value", "outside-value", token, "root:"):
+        assert value not in d.output()
+
+
+# ---- terminal and CI log injection (issue 13 item 13) -----------------------------------------
+
+# ESC (a colour, a title change via OSC), C1 CSI, DEL, bidi overrides and isolates.
+HOSTILE_CHARS = ["\x1b", "\x07", "\x9b", "\x7f", "\u202e", "\u2066", "\u200f", "\u061c"]
+
+
+def raw_controls(text: str) -> list[str]:
+    """The hostile characters (and any C0 but newline) left in `text`, as escapes."""
+    found = {c for c in text if c in HOSTILE_CHARS or (ord(c) < 32 and c != "\n")}
+    return sorted(ascii(c) for c in found)
+
+
+def test_control_and_bidi_characters_never_reach_a_terminal_or_a_ci_log(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    d = SuiteDaemon(tmp_path, emulator)
+    evil = "\x1b]0;owned\x07\x1b[31m\x9b2J\x7f\u202etxt.yaml\u2066\u200f\u061c"
+    d.write_job("sneaky.yaml", FAR + f"input: {{note: {json.dumps(evil)}}}\n")
+    d.write_job(f"bad{evil}.yaml", "kind: quota\nschedule: {cron: '61 * * * *'}\n")
+    # A newline in a file name: on a GitHub runner, a workflow command of its own.
+    newline = d.write_job("x.yaml\n::warning file=a,line=1::injected\n.yaml", "kind: [\n")
+    emulator.fault(status=400, message=f"bad input {evil} here")
+    d.start()
+    try:
+        assert post(d, "/jobs/sneaky/trigger").status_code in (200, 202)
+        wait_for(lambda: d.events("run.finished"))
+        wait_for(lambda: len(d.control("/status")["invalid_files"]) == 2)
+        human = {
+            "status": on_terminal(d, "status"),
+            "status sneaky": on_terminal(d, "status", "sneaky"),
+            "history": on_terminal(d, "history", "sneaky"),
+        }
+        as_json = ctl(d, "status", "--json")
+    finally:
+        d.stop()
+    checked = ctl(d, "check", str(d.jobs))
+    human["check"] = checked.stdout + checked.stderr
+    found = {name: raw_controls(text) for name, text in human.items()}
+    assert not any(found.values()), found
+    assert "bad\\x1b]0;owned" in human["status"] and "\\u202etxt" in human["check"]
+    assert "\\x9b2J" in human["history"] and "sneaky" in human["status sneaky"]
+    leaves = list(string_leaves(json.loads(as_json.stdout)))
+    assert any(evil in leaf for leaf in leaves), [ascii(x) for x in leaves]  # JSON stays data
+    github = ctl(d, "check", "--format", "github", str(d.jobs)).stdout
+    assert not raw_controls(github)
+    commands = [line for line in github.splitlines() if line.startswith("::")]
+    assert all(line.startswith("::error file=") for line in commands), commands
+    escaped = str(newline).replace("%", "%25").replace(":", "%3A").replace(",", "%2C")
+    assert f"file={escaped.replace(chr(10), '%0A')}," in github
+
+
+def on_terminal(d: SuiteDaemon, *args: str) -> str:
+    """What the CLI prints to a terminal (a pseudo-terminal), carriage returns dropped."""
+    main, child = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        env=d.env,
+        cwd=d.tmp_path,
+        stdout=child,
+        stderr=child,
+    ) as proc:
+        os.close(child)
+        chunks = []
+        with contextlib.suppress(OSError):  # EIO once the child has closed its side
+            while chunk := os.read(main, 65536):
+                chunks.append(chunk)
+        proc.wait(timeout=20)
+    os.close(main)
+    assert proc.returncode == 0, args
+    return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")

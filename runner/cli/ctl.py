@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from runner.cli.visible import visible
+
 DEFAULT_SOCKET = "/run/ductape-runner/control.sock"
 COMMANDS = ("status", "history", "trigger", "pause", "resume")
 EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
@@ -68,7 +70,7 @@ def run_ctl(
         with _client(socket, url, token) as client:
             payload = _request(client, command, job, limit)
     except _Refused as exc:
-        print(f"error: {exc.message}", file=err)
+        print(f"error: {visible(exc.message)}", file=err)
         return EXIT_REFUSED
     except _Untrusted as exc:
         print(f"error: not talking to {where}: {exc}", file=err)
@@ -79,7 +81,7 @@ def run_ctl(
     if json_out:
         print(json.dumps(payload, indent=2, sort_keys=False), file=out)
     else:
-        print(_RENDER[command](payload), file=out)
+        print(visible(_RENDER[command](payload), keep="\n"), file=out)  # the cells are too
     return EXIT_OK
 
 
@@ -174,7 +176,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    text = str(value)
+    text = visible(str(value), keep="\t\n\r")  # ESC, bidi: shown, not obeyed (issue 13)
     if len(text) >= 20 and text[4:5] == "-" and text[10:11] == "T":  # an ISO instant
         return text[:19].replace("T", " ") + "Z"
     return " ".join(text.split())
@@ -184,17 +186,19 @@ def _render_status(payload: Any) -> str:
     if "summary" not in payload:
         return _render_job(payload)
     summary, jobs = payload["summary"], payload["jobs"]
-    counts = ", ".join(f"{n} {status}" for status, n in summary["by_status"].items())
+    counts = ", ".join(f"{n} {_cell(status)}" for status, n in summary["by_status"].items())
     lines = [f"jobs: {summary['jobs']}" + (f" ({counts})" if counts else "")]
     nxt = summary.get("next_run")
-    lines.append(f"next run: {nxt['job_id']} at {_cell(nxt['at'])}" if nxt else "next run: -")
+    lines.append(
+        f"next run: {_cell(nxt['job_id'])} at {_cell(nxt['at'])}" if nxt else "next run: -"
+    )
     invalid = summary["invalid_files"]
     lines.append(f"invalid files: {len(invalid)}")
-    lines += [f"  {_located(item['path'], _cell(item['error']))}" for item in invalid]
+    lines += [f"  {_located(visible(item['path']), _cell(item['error']))}" for item in invalid]
     if summary.get("folder_guard"):
-        lines.append(f"folder guard: {summary['folder_guard']}")
+        lines.append(f"folder guard: {visible(summary['folder_guard'])}")
     lines += [
-        f"last good version: {item['job_id']} ({item['path']} is invalid)"
+        f"last good version: {item['job_id']} ({visible(item['path'])} is invalid)"
         for item in summary.get("last_good", [])
     ]
     headers = ("JOB", "KIND", "STATUS", "NEXT RUN", "LAST OUTCOME", "LAST FINISHED", "RUNS")
@@ -240,16 +244,18 @@ def _render_history(occurrences: list[dict[str, Any]]) -> str:
 
 
 def _render_trigger(occ: dict[str, Any]) -> str:
-    line = f"triggered {occ['job_id']}: run at {_cell(occ['scheduled_at'])} is {occ['state']}"
-    return line + (f" ({occ['reason']})" if occ.get("reason") else "")
+    line = (
+        f"triggered {_cell(occ['job_id'])}: run at {_cell(occ['scheduled_at'])} is {occ['state']}"
+    )
+    return line + (f" ({_cell(occ['reason'])})" if occ.get("reason") else "")
 
 
 def _render_pause(job: dict[str, Any]) -> str:
-    return f"paused {job['job_id']} (status {job['status']})"
+    return f"paused {_cell(job['job_id'])} (status {_cell(job['status'])})"
 
 
 def _render_resume(job: dict[str, Any]) -> str:
-    return f"resumed {job['job_id']}: next run {_cell(job['next_run_at'])}"
+    return f"resumed {_cell(job['job_id'])}: next run {_cell(job['next_run_at'])}"
 
 
 _RENDER: dict[str, Callable[[Any], str]] = {

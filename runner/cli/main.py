@@ -191,7 +191,10 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     missing = [p for p in paths if not p.exists()]
     problems = [Problem(str(p), 0, 0, "", "no such file or folder") for p in missing]
     limits = Limits(max_file_bytes=settings.max_file_bytes)
-    defaults = Defaults(product=settings.product, env=settings.env)
+    from runner.jobs.secrets import SecretPolicy
+
+    policy = SecretPolicy.from_settings(settings)
+    defaults = Defaults(product=settings.product, env=settings.env, secrets=policy)
     result = load_folder([p for p in paths if p.exists()], limits, defaults)
     problems += result.all_problems()
     jobs = sum(len(f.jobs) for f in result.files if f.ok)
@@ -206,16 +209,15 @@ def _print_problems(problems: list[Problem], fmt: str) -> None:
     if fmt == "json":
         print(json.dumps([p.as_dict() for p in problems], indent=2))
         return
+    from runner.cli.visible import github_data, github_property, visible
+
     for p in problems:
         if fmt == "github":
             text = f"{p.field}: {p.message}" if p.field else p.message
-            print(f"::error file={p.path},line={p.line},col={p.column}::{_gh_escape(text)}")
+            where = f"file={github_property(p.path)},line={p.line},col={p.column}"
+            print(f"::error {where}::{github_data(text)}")
         else:
-            print(p)
-
-
-def _gh_escape(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+            print(visible(str(p)))  # a file name may hold ESC or a newline
 
 
 def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:

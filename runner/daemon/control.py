@@ -200,7 +200,7 @@ class _Api:
 
     def reply(self, payload: Any, status: int = 200) -> JSONResponse:
         if self.secrets is not None:
-            payload = redact(payload, self.secrets.values())
+            payload = redact(payload, self.secrets.forms())
         return JSONResponse(payload, status_code=status)
 
     def error(self, status: int, error: str, detail: str) -> JSONResponse:

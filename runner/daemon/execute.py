@@ -16,7 +16,7 @@ from runner.ductape.client import DuctapeClient, DuctapeError, RetryableError
 from runner.ductape.operations import Operation, OperationError, build_operation
 from runner.errors import SecretError
 from runner.jobs.model import Job
-from runner.jobs.secrets import SecretRegistry, redact, resolve
+from runner.jobs.secrets import SecretPolicy, SecretRegistry, redact, resolve
 from runner.store import Occurrence, StateError, Store
 from runner.timing.clock import Clock
 from runner.timing.retry import plan_retry
@@ -59,6 +59,7 @@ class DuctapeExecutor:
     environ: Mapping[str, str] = field(default_factory=dict)
     credentials_dir: str | None = None
     registry: SecretRegistry = field(default_factory=SecretRegistry)
+    policy: SecretPolicy = field(default_factory=SecretPolicy)
     dry_run: bool = False
     rand: Callable[[], float] = random.random
     hooks: RunHooks = field(default_factory=RunHooks)
@@ -97,20 +98,25 @@ class DuctapeExecutor:
             if not await self._wait_for_turn(occ, control):
                 return
             try:
-                params = resolve(
-                    op.params,
-                    environ=self.environ,
-                    credentials_dir=self.credentials_dir,
-                    registry=self.registry,
-                )
-            except SecretError as exc:
-                self._fail(occ, str(exc))
+                params = [self._resolve(p) for p in op.params]  # fields named from the top
+            except SecretError as exc:  # nothing is sent
+                self._fail(occ, f"job {job.name}: {exc}")
                 return
             error = await self._attempt(job, occ, Operation(op.module, op.method, params))
             if error is None:
                 return
             if not self._plan_retry(job, occ, error, deadline):
                 return
+
+    def _resolve(self, params: dict[str, object]) -> dict[str, object]:
+        resolved: dict[str, object] = resolve(
+            params,
+            environ=self.environ,
+            credentials_dir=self.credentials_dir,
+            registry=self.registry,
+            policy=self.policy,
+        )
+        return resolved
 
     async def _wait_for_turn(self, occ: Occurrence, control: RunControl) -> bool:
         """Sleep until a pending retry is due, and while the job is paused or suspended;
@@ -202,7 +208,7 @@ class DuctapeExecutor:
 
     def _clean(self, text: str) -> str:
         """Redacted, without control characters a database refuses (NUL), bounded."""
-        cleaned: str = redact(text, self.registry.values())
+        cleaned: str = redact(text, self.registry.forms(), cut_ends=True)  # before the cut
         return clean_text(cleaned)
 
     def _summary(self, job: Job, occ: Occurrence) -> None:

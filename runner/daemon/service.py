@@ -31,7 +31,7 @@ from runner.ductape.client import Credentials, DuctapeClient, DuctapeError, is_a
 from runner.errors import CredentialsMissing
 from runner.jobs.loader import Defaults, Limits, LoadedJob
 from runner.jobs.model import Job
-from runner.jobs.secrets import SecretRegistry
+from runner.jobs.secrets import SecretPolicy, SecretRegistry
 from runner.settings import Settings, control_socket_path, control_token_path
 from runner.store import LastGoodFiles, Occurrence, Store
 from runner.store.postgres import PostgresStore, StoreUnavailable, display_dsn, is_dsn
@@ -103,6 +103,7 @@ class Daemon:
             environ=self.environ,
             credentials_dir=self.settings.credentials_directory,
             registry=self.registry,
+            policy=SecretPolicy.from_settings(self.settings),
             dry_run=self.settings.dry_run,
             hooks=self._run_hooks(),
         )

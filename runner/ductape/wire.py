@@ -200,6 +200,11 @@ def _success(data: Any) -> ProxySuccess:
     )
 
 
+# Generous: the body may echo a secret, and only the executor knows the secrets; it
+# redacts, then cuts to its own bound (issue 13 item 10: a cut here left a prefix).
+SNIPPET_BYTES = 4096
+
+
 def _describe_unreadable(http_status: int, content: bytes) -> str:
-    snippet = content[:120].decode("utf-8", errors="replace").strip()
+    snippet = content[:SNIPPET_BYTES].decode("utf-8", errors="replace").strip()
     return f"HTTP {http_status} with a non-JSON body" + (f": {snippet!r}" if snippet else "")

@@ -24,6 +24,7 @@ from runner.jobs.model import (
     Job,
     find_secret_refs,
 )
+from runner.jobs.secrets import SecretPolicy
 from runner.jobs.spelling import normalise
 from runner.jobs.tomlsrc import load_toml
 from runner.jobs.yamlsrc import Document, SourceError, load_yaml
@@ -49,6 +50,9 @@ class Defaults:
 
     product: str | None = None
     env: str | None = None
+    # `check` passes the settings' policy, so refused ${env:}/${file:} references are
+    # located; the daemon does not (a refusal fails the occurrence, issue 13 item 11).
+    secrets: SecretPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +260,7 @@ def _validate_entry(
             norm.data[key] = value
     found = list(norm.problems)
     if has_refs:
-        found.extend(_secret_ref_problems(norm.data, ()))
+        found.extend(_secret_ref_problems(norm.data, (), defaults.secrets))
     problems = [_problem(result.path, doc, base, norm.source_path(p), m, False) for p, m in found]
     if norm.problems:
         result.problems.extend(problems)
@@ -303,19 +307,27 @@ def _compact(job: Job) -> Job:
     return job
 
 
-def _secret_ref_problems(value: Any, path: DataPath) -> Iterator[tuple[DataPath, str]]:
-    """Locate every malformed ${...} secret reference anywhere in a job."""
+def _secret_ref_problems(
+    value: Any, path: DataPath, policy: SecretPolicy | None
+) -> Iterator[tuple[DataPath, str]]:
+    """Locate every malformed ${...} secret reference anywhere in a job, and those
+    `policy` refuses."""
     if isinstance(value, str):
         try:
-            find_secret_refs(value)
+            refs = find_secret_refs(value)
         except PydanticCustomError as exc:
             yield path, str(exc)
+            return
+        for scheme, arg in refs:
+            refused = policy.refusal(scheme, arg) if policy is not None else None
+            if refused is not None:
+                yield path, f"secret reference ${{{scheme}:{arg}}} refused: {refused}"
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _secret_ref_problems(item, (*path, key))
+            yield from _secret_ref_problems(item, (*path, key), policy)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _secret_ref_problems(item, (*path, index))
+            yield from _secret_ref_problems(item, (*path, index), policy)
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:
