@@ -7,9 +7,7 @@ SIGHUP reloads, SIGTERM/SIGINT drain and exit 0, a second SIGINT exits at once (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
+from runner.daemon.access import DuctapeAccess
 from runner.daemon.control import build_control_app
 from runner.daemon.control_server import private_dir, serve_control, write_token
 from runner.daemon.execute import DuctapeExecutor, RunHooks
@@ -25,10 +24,10 @@ from runner.daemon.metrics import Metrics
 from runner.daemon.reconcile import Plan
 from runner.daemon.scheduler import Scheduler, to_ms
 from runner.daemon.sdnotify import Notifier, watchdog_interval_s
+from runner.daemon.shutdown import Shutdown
 from runner.daemon.view import Conditions, DaemonView
 from runner.daemon.watch import FolderSync
-from runner.ductape.client import Credentials, DuctapeClient, DuctapeError, is_auth_failure
-from runner.errors import CredentialsMissing
+from runner.ductape.client import DuctapeClient
 from runner.jobs.loader import Defaults, Limits, LoadedJob
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretPolicy, SecretRegistry
@@ -40,11 +39,8 @@ from runner.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("runner.daemon")
 
-AUTH_FAILURES = 3  # refused calls in a row before the daemon says it is not ready
-EXIT_FORCED = 130  # 128 + SIGINT: what a shell reports for a process killed by Ctrl-C
 
-
-class Daemon:
+class Daemon(Shutdown, DuctapeAccess):
     """Owns the parts of a running runner and their order of start and stop."""
 
     def __init__(
@@ -268,56 +264,6 @@ class Daemon:
             self.notifier.status(self.view.status_line())
             self._last_status = mono
 
-    def _credentials(self) -> Credentials:
-        s = self.settings
-        token = s.access_token.get_secret_value()
-        if token:
-            self.registry.add(token)
-        return Credentials(
-            base_url=s.base_url,
-            workspace_id=s.workspace_id,
-            user_id=s.user_id,
-            public_key=s.public_key,
-            access_token=s.access_token,
-        )
-
-    def _require_credentials(self) -> None:
-        """Refuse to start without them: every run would fail (issue 11, item 6)."""
-        s = self.settings
-        values = {
-            "workspace_id": s.workspace_id,
-            "user_id": s.user_id,
-            "public_key": s.public_key,
-            "access_token": s.access_token.get_secret_value(),
-        }
-        missing = [name for name, value in values.items() if not value.strip()]
-        if missing:
-            raise CredentialsMissing(missing)
-
-    def _on_call(self, error: DuctapeError | None) -> None:
-        """Count refused credentials in a row; not ready from AUTH_FAILURES, ready on success."""
-        if error is not None and not is_auth_failure(error):
-            return  # says nothing about the credentials
-        if error is None:
-            if self.auth_error is not None:
-                log.info("ductape.authorised", after_failures=self.auth_failures)
-            self.auth_failures, self.auth_error = 0, None
-            return
-        self.auth_failures += 1
-        if self.auth_failures == AUTH_FAILURES:
-            self.auth_error = (
-                f"Ductape refused the credentials {self.auth_failures} times in a row"
-                f" ({error}): check DUCTAPE_RUNNER_WORKSPACE_ID, DUCTAPE_RUNNER_USER_ID,"
-                " DUCTAPE_RUNNER_PUBLIC_KEY and DUCTAPE_RUNNER_ACCESS_TOKEN"
-            )
-            log.error("ductape.unauthorised", failures=self.auth_failures, error=str(error))
-
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.requests.put_nowait, "reload")
-        loop.add_signal_handler(signal.SIGTERM, self.requests.put_nowait, "stop")
-        loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
-
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
         """A part that dies on its own is fatal: stop, exit 1, let systemd restart us."""
         if task.cancelled() or self.requests_stop_seen:
@@ -331,10 +277,6 @@ class Daemon:
         )
         self.exit_status = 1
         self.requests.put_nowait("stop")
-
-    def _on_interrupt(self) -> None:
-        self.interrupts += 1
-        self.requests.put_nowait("stop" if self.interrupts == 1 else "kill")
 
     # ---- serve ------------------------------------------------------------------------
 
@@ -457,47 +399,3 @@ class Daemon:
             if removed:
                 log.info("history.pruned", occurrences=removed)
             await self.clock.sleep(3600)
-
-    # ---- stop -------------------------------------------------------------------------
-
-    async def _stop(self, loop_task: asyncio.Task[Any]) -> int:
-        urgent = self.requests.get_nowait() == "kill"
-        if urgent:
-            self._forced()
-        grace = 0.0 if urgent else self.settings.shutdown_grace_s
-        hint = {"force": "interrupt again (Ctrl-C) to force exit"} if self.interrupts else {}
-        log.info("daemon.stopping", grace_s=grace, open_runs=self._open_runs(), **hint)
-        drain = asyncio.create_task(self.scheduler.drain(grace))
-        while not drain.done():
-            kill = asyncio.create_task(self.requests.get())
-            await asyncio.wait({drain, kill}, return_when=asyncio.FIRST_COMPLETED)
-            if kill.done() and kill.result() in ("kill", "stop") and self.interrupts > 1:
-                self._forced()
-                drain.cancel()  # a second SIGINT: stop waiting for attempts in flight
-            kill.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            cancelled = await drain
-            log.info("daemon.stopped", cancelled_attempts=cancelled)
-        if self.exit_status == EXIT_FORCED:
-            await self.scheduler.abandon()  # before the client closes under them
-        loop_task.cancel()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await loop_task
-        return self.exit_status
-
-    def _open_runs(self) -> int:
-        """Occurrences in flight or queued: what a forced exit leaves open in the state."""
-        runs = self.scheduler.runs.values()
-        return sum(len(run.queue) for job in runs for run in job.active.values())
-
-    def _forced(self) -> None:
-        """A second SIGINT: say what is left open, and exit 130 (128 + SIGINT) like a shell."""
-        if self.exit_status != EXIT_FORCED:
-            left = self._open_runs()
-            log.warning(
-                "daemon.forced",
-                open_runs=left,
-                message=f"second interrupt: not waiting; {left} runs left open, resumed "
-                "with the same idempotency keys at the next start",
-            )
-        self.exit_status = EXIT_FORCED
