@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.emulator_fixture import RunningEmulator
 
 WAIT_S = 10.0
@@ -128,3 +130,25 @@ class DaemonProcess:
             return db.execute(sql, params).fetchall()
         finally:
             db.close()
+
+
+def ctl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI against this daemon's control socket."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args, "--socket", str(d.tmp_path / "control.sock")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=d.env,
+    )
+
+
+def control_request(d: DaemonProcess, method: str, path: str) -> httpx.Response:
+    """One HTTP request to the daemon's control API over its unix socket."""
+    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
+    with httpx.Client(transport=transport, base_url="http://daemon") as client:
+        return client.request(method, path)
+
+
+def control_get(d: DaemonProcess, path: str) -> httpx.Response:
+    return control_request(d, "GET", path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.daemon_helpers import DaemonProcess, wait_for
+from tests.daemon_helpers import DaemonProcess, control_request, wait_for
 from tests.emulator_fixture import RunningEmulator
 
 FAST_RETRY = "retry: {initial: 50ms, max: 200ms, multiplier: 2, jitter: 0}\n"
@@ -120,20 +120,14 @@ def test_pausing_a_job_holds_its_pending_retries_until_resume(
     )
     daemon.start()
     wait_for(lambda: len(emulator.calls()) >= 1)
-    _post(daemon, "/jobs/j/pause")
+    control_request(daemon, "POST", "/jobs/j/pause").raise_for_status()
     calls_at_pause = len(emulator.calls())
     time.sleep(2.0)  # four retry delays pass while paused
     assert len(emulator.calls()) <= calls_at_pause + 1  # at most the attempt in flight
     assert occurrences(daemon, "j")[0][0] in ("planned", "running")
     assert daemon.events("run.held")
-    _post(daemon, "/jobs/j/resume")
+    control_request(daemon, "POST", "/jobs/j/resume").raise_for_status()
     assert wait_for(lambda: finished(daemon, "j"))[0][0] == "succeeded"
-
-
-def _post(d: DaemonProcess, path: str) -> None:
-    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
-    with httpx.Client(transport=transport, base_url="http://daemon") as client:
-        client.post(path).raise_for_status()
 
 
 def test_retries_never_run_into_the_next_occurrence(

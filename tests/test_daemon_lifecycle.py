@@ -7,17 +7,14 @@ import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.daemon_helpers import DaemonProcess, wait_for
+from tests.daemon_helpers import DaemonProcess, control_get, ctl, wait_for
 from tests.emulator_fixture import RunningEmulator
 
 JOB = "kind: quota\nproduct: p\nenv: dev\ntag: t\n"
@@ -61,22 +58,6 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify.sock")
     yield sock
     sock.close()
-
-
-def ctl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args, "--socket", str(d.tmp_path / "control.sock")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=d.env,
-    )
-
-
-def control_get(d: DaemonProcess, path: str) -> httpx.Response:
-    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
-    with httpx.Client(transport=transport, base_url="http://daemon") as client:
-        return client.get(path)
 
 
 def job_names(d: DaemonProcess) -> set[str]:

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.daemon_helpers import DaemonProcess, wait_for
+from tests.daemon_helpers import DaemonProcess, control_get, ctl, wait_for
 from tests.emulator_fixture import RunningEmulator
 
 JOB = "kind: quota\nproduct: p\nenv: dev\ntag: t\n"
@@ -37,16 +36,6 @@ def daemon(tmp_path: Path, emulator: RunningEmulator) -> Iterator[DaemonProcess]
     process.stop()
 
 
-def ctl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args, "--socket", str(d.tmp_path / "control.sock")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=d.env,
-    )
-
-
 def ctl_on_terminal(d: DaemonProcess, *args: str) -> str:
     """What an operator sees: stdout is a terminal, so `status` prints its table."""
     primary, secondary = pty.openpty()
@@ -63,12 +52,6 @@ def ctl_on_terminal(d: DaemonProcess, *args: str) -> str:
             while chunk := screen.read(4096):
                 chunks.append(chunk)
     return b"".join(chunks).decode()
-
-
-def control_get(d: DaemonProcess, path: str) -> httpx.Response:
-    transport = httpx.HTTPTransport(uds=str(d.tmp_path / "control.sock"))
-    with httpx.Client(transport=transport, base_url="http://daemon") as client:
-        return client.get(path)
 
 
 def job_names(d: DaemonProcess) -> set[str]:
