@@ -28,6 +28,11 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
+def iso(moment: datetime | None) -> str | None:
+    """An instant as logs carry it (ISO 8601, UTC), or None."""
+    return None if moment is None else moment.isoformat()
+
+
 def schedule_hash(job: Job) -> str:
     text = job.schedule.model_dump_json() + job.dst.model_dump_json()
     return hashlib.sha256(text.encode()).hexdigest()[:16]

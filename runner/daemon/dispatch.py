@@ -15,7 +15,7 @@ from datetime import datetime
 
 import structlog
 
-from runner.daemon.decisions import from_ms, is_last, to_ms
+from runner.daemon.decisions import from_ms, is_last, iso, to_ms
 from runner.daemon.runs import Entry, Executor, Item, JobRuns, Run, RunControl
 from runner.jobs.model import Job
 from runner.store import OPEN_STATES, RAN_STATES, Claims, JobRecord, JobStatus, Occurrence, Store
@@ -42,7 +42,6 @@ class Dispatch:
     records: dict[str, JobRecord]
     runs: dict[str, JobRuns]
     slots: asyncio.Semaphore
-    stopping: bool
     _run_ids: itertools.count[int]
 
     # What the scheduling half provides.
@@ -76,7 +75,7 @@ class Dispatch:
             log.info(
                 "run.skipped",
                 job=entry.job.name,
-                scheduled_at=_iso(from_ms(scheduled_ms)),
+                scheduled_at=iso(from_ms(scheduled_ms)),
                 reason=reason,
             )
             if self.on_skip is not None:
@@ -135,7 +134,7 @@ class Dispatch:
         while not self.store.plan(occ, entry.record, limit=limit):
             if not (manual or entry.one_shot):
                 log.warning(
-                    "run.duplicate", job=entry.job.name, scheduled_at=_iso(from_ms(scheduled_ms))
+                    "run.duplicate", job=entry.job.name, scheduled_at=iso(from_ms(scheduled_ms))
                 )
                 return None
             # The instant is taken by an earlier trigger, or by an earlier definition of
@@ -204,7 +203,7 @@ class Dispatch:
             log.debug(
                 "run.claimed_elsewhere",
                 job=item.occ.job,
-                scheduled_at=_iso(from_ms(item.occ.scheduled_ms)),
+                scheduled_at=iso(from_ms(item.occ.scheduled_ms)),
             )
             return False
         item.won = True
@@ -227,7 +226,7 @@ class Dispatch:
                 occ.state, occ.reason = "cancelled", _REASONS["replaced"]
             raise  # on shutdown the occurrence stays open and resumes after restart
         except Exception as exc:  # a bug must fail this occurrence, not strand it as running
-            log.exception("run.crashed", job=occ.job, scheduled_at=_iso(from_ms(occ.scheduled_ms)))
+            log.exception("run.crashed", job=occ.job, scheduled_at=iso(from_ms(occ.scheduled_ms)))
             occ.state, occ.last_error = "failed", f"internal error: {type(exc).__name__}: {exc}"
 
     def _settle(self, name: str, runs: JobRuns, run: Run, task: asyncio.Task[None]) -> None:
@@ -272,9 +271,9 @@ class Dispatch:
             if occ.state == "succeeded" and not item.job.schedule.recurring:
                 record.succeeded_hash = item.digest  # the definition that ran (bug 5)
         current = self.entries.get(occ.job)
-        if current is not None and current.due is None:
-            self._reschedule(current, self.clock.now(), catch_up=False)
         if current is not None:
+            if current.due is None:  # `limit` may have room again
+                self._reschedule(current, self.clock.now(), catch_up=False)
             record.status = self._status(current)
         self.store.finish(occ, record)
         if self.claims is not None:
@@ -285,12 +284,11 @@ class Dispatch:
         resumed: dict[str, list[Occurrence]] = {}
         for occ in open_occurrences:
             entry = self.entries.get(occ.job)
-            if entry is None and self.claims is not None:
-                self._runs_of(occ.job).pending -= occ.trigger != "manual"
-                self.claims.released(occ)  # a replica whose folder has the job will take it
-                continue
             if entry is None:
                 self._runs_of(occ.job).pending -= occ.trigger != "manual"
+                if self.claims is not None:
+                    self.claims.released(occ)  # a replica whose folder has it will take it
+                    continue
                 occ.state, occ.reason = "cancelled", "job no longer defined"
                 occ.finished_ms = to_ms(self.clock.now())
                 self.store.update_occurrence(occ)
@@ -298,7 +296,7 @@ class Dispatch:
             log.info(
                 "run.resumed",
                 job=occ.job,
-                scheduled_at=_iso(from_ms(occ.scheduled_ms)),
+                scheduled_at=iso(from_ms(occ.scheduled_ms)),
                 attempts=occ.attempts,
             )
             resumed.setdefault(occ.job, []).append(occ)
@@ -321,7 +319,7 @@ class Dispatch:
             log.warning(
                 "run.taken_over",
                 job=occ.job,
-                scheduled_at=_iso(from_ms(occ.scheduled_ms)),
+                scheduled_at=iso(from_ms(occ.scheduled_ms)),
                 attempts=occ.attempts,
                 idempotency_key=occ.idempotency_key,
             )
@@ -337,15 +335,19 @@ class Dispatch:
         run = None if runs is None else runs.run_holding(scheduled_ms)
         if run is None:
             return
-        log.warning("run.lease_lost", job=job, scheduled_at=_iso(from_ms(scheduled_ms)))
+        log.warning("run.lease_lost", job=job, scheduled_at=iso(from_ms(scheduled_ms)))
         run.control.halt("lease_lost")
+
+    def _halt_all(self) -> list[asyncio.Task[None]]:
+        """Shutdown: no run starts another attempt; the tasks still going."""
+        for runs in self.runs.values():
+            runs.halt("shutdown")
+        return [t for runs in self.runs.values() for t in runs.tasks.values()]
 
     async def abandon(self) -> int:
         """A forced exit: cancel every run now. Their occurrences stay open in the state
         and resume, with the same keys, at the next start (nothing is marked failed)."""
-        for runs in self.runs.values():
-            runs.halt("shutdown")
-        tasks = [t for runs in self.runs.values() for t in runs.tasks.values()]
+        tasks = self._halt_all()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -355,9 +357,7 @@ class Dispatch:
     async def drain(self, grace_s: float) -> int:
         """Stop retries, wait up to `grace_s` for attempts in flight; cancel the rest."""
         self.stop()
-        tasks = [t for runs in self.runs.values() for t in runs.tasks.values()]
-        for runs in self.runs.values():
-            runs.halt("shutdown")
+        tasks = self._halt_all()
         if not tasks:
             return 0
         _, pending = await asyncio.wait(tasks, timeout=grace_s)
@@ -367,7 +367,3 @@ class Dispatch:
             await asyncio.gather(*pending, return_exceptions=True)
         log.info("scheduler.drained", finished=len(tasks) - len(pending), cancelled=len(pending))
         return len(pending)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()

@@ -22,6 +22,7 @@ from runner.daemon.decisions import (
     Missed,
     from_ms,
     is_late,
+    iso,
     merge_shared,
     plan_catchup,
     recurrence_of,
@@ -147,7 +148,7 @@ class Scheduler(Dispatch):
         entry.runs.hold(entry.held)
         self._reschedule(entry, now, catch_up=not new_schedule)
         self.store.save_job(record)
-        log.debug("job.upserted", job=name, outcome=outcome, next_run_at=_iso(entry.due))
+        log.debug("job.upserted", job=name, outcome=outcome, next_run_at=iso(entry.due))
         return outcome
 
     def remove(self, name: str) -> bool:
@@ -182,7 +183,7 @@ class Scheduler(Dispatch):
         self.store.save_job(entry.record)
         if self.claims is not None:
             self.claims.set_paused(name, paused)
-        log.info("job.paused" if paused else "job.resumed", job=name, next_run_at=_iso(entry.due))
+        log.info("job.paused" if paused else "job.resumed", job=name, next_run_at=iso(entry.due))
         return entry.record
 
     def trigger(self, name: str) -> Occurrence:
@@ -424,7 +425,3 @@ class Scheduler(Dispatch):
     def stop(self) -> None:
         self.stopping = True
         self.wake.set()
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()

@@ -281,6 +281,7 @@ def _validate_entry(
 # and DST policies and far fewer schedules than jobs): one frozen instance serves all.
 _SHARED_PARTS = ("schedule", "retry", "catchup", "dst", "session")
 _SHARED_STRINGS = ("kind", "env", "product", "cache", "concurrency")
+_SHARED_MAX = 100_000  # distinct parts remembered; a long-lived daemon's edits add more
 _shared: dict[Any, Any] = {}
 
 
@@ -288,8 +289,12 @@ def _compact(job: Job) -> Job:
     """The job with its equal parts shared with other jobs' (issue 12: memory per job).
 
     The models are frozen and compared by value, so sharing an equal instance changes
-    nothing a reader can see; the table only grows with distinct values.
+    nothing a reader can see. The table keeps every distinct part it has seen, so it is
+    emptied when it reaches _SHARED_MAX: jobs keep the instances they hold, later ones
+    start sharing afresh.
     """
+    if len(_shared) >= _SHARED_MAX:
+        _shared.clear()
     fields = job.__dict__
     for name in _SHARED_PARTS:
         part = fields.get(name)
