@@ -42,7 +42,10 @@ def test_every_declared_dependency_is_pinned_within_its_range() -> None:
 def test_the_install_commands_install_from_the_lock() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = ".venv/bin/pip install -q -c requirements.lock -e '.[test]' && .venv/bin/pytest"
+    command = (
+        "scripts/test-tools && python3 -m venv .venv"
+        " && .venv/bin/pip install -q -c requirements.lock -e '.[test]' && .venv/bin/pytest"
+    )
     assert command in readme
     assert command in ci
     assert (

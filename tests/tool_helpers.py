@@ -1,0 +1,28 @@
+"""System programs some tests drive (Debian's chromium, promtool): found on PATH or skipped.
+
+`scripts/test-tools` installs them where it can; a test that needs one skips with the reason
+when it is missing, unless RUNNER_REQUIRE_TOOLS=1 (CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+REQUIRED = os.environ.get("RUNNER_REQUIRE_TOOLS") == "1"
+
+
+def require_tool(name: str, package: str | None = None) -> str:
+    """The path of program `name`, or skip (fail under RUNNER_REQUIRE_TOOLS=1) without it."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    reason = (
+        f"{name} is not installed (Debian package {package or name}; "
+        "scripts/test-tools installs it as root)"
+    )
+    if REQUIRED:
+        pytest.fail(f"RUNNER_REQUIRE_TOOLS=1 but {reason}")
+    pytest.skip(reason)
