@@ -1,6 +1,6 @@
 """Hostile-input suite: bad files, odd files, many files and a file that never stops changing;
 then a hostile environment: a full disk, a deleted, truncated, foreign or read-only state
-file, and other local users at the control API (issue 13).
+file, other local users at the control API, and wall-clock steps (issue 13).
 
 CI size: 3,000 files and a 3 s rewrite storm. Full size (100,000 files, 10 s storm):
 
@@ -42,6 +42,7 @@ from tests.suite_helpers import (  # noqa: F401 (quiet_emulator_log: an autouse 
     quiet_emulator_log,
     size,
 )
+from tests.tool_helpers import require_faketime
 
 CORPUS = Path(__file__).parent / "corpus" / "invalid"
 HEARTBEAT = QUOTA + "schedule: {every: 1s}\n"
@@ -731,3 +732,48 @@ def on_terminal(d: SuiteDaemon, *args: str) -> str:
     os.close(main)
     assert proc.returncode == 0, args
     return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+# ---------------------------------------------------------------- the wall clock (item 14)
+
+
+def step_wall(offset_file: Path, seconds: int) -> None:
+    """Move the daemon's wall clock (libfaketime re-reads the file on every call)."""
+    offset_file.write_text(f"{seconds:+d}\n")
+
+
+def test_wall_clock_steps_back_and_forward_keep_an_every_job_running_without_a_burst(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    library = require_faketime()
+    offset = tmp_path / "faketime.rc"
+    step_wall(offset, 0)
+    d = SuiteDaemon(
+        tmp_path,
+        emulator,
+        env={
+            "LD_PRELOAD": library,
+            "FAKETIME_TIMESTAMP_FILE": str(offset),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # only the wall clock steps
+        },
+    )
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    d.start()
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 3)
+        step_wall(offset, -3600)  # an hour back: every-jobs used to stop for the hour
+        before = heartbeats(emulator)
+        wait_for(lambda: heartbeats(emulator) >= before + 3, timeout=6.0)
+        back = d.events("clock.jump")[0]
+        assert back["direction"] == "backward" and back["elapsed_jobs"] == 1
+        step_wall(offset, 0)  # and forward again: no burst of "missed" seconds
+        wait_for(lambda: len(d.events("clock.jump")) == 2, timeout=5.0)
+        before = heartbeats(emulator)
+        time.sleep(3.0)
+        assert 1 <= heartbeats(emulator) - before <= 5, "a burst or a stop after the step"
+        keys = [c["idempotency_key"] for c in emulator.calls()]
+        assert len(keys) == len(set(keys)), "an instant ran twice under one key"
+        assert d.alive()
+    finally:
+        d.stop()

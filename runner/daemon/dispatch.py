@@ -132,13 +132,15 @@ class Dispatch:
         entry.record.status = "queued"
         limit = None if manual else entry.job.schedule.limit
         while not self.store.plan(occ, entry.record, limit=limit):
-            if not (manual or entry.one_shot):
+            replay = occ.scheduled_ms <= entry.runs.replay_until_ms  # the clock went back
+            if not (manual or entry.one_shot or replay):
                 log.warning(
                     "run.duplicate", job=entry.job.name, scheduled_at=iso(from_ms(scheduled_ms))
                 )
                 return None
-            # The instant is taken by an earlier trigger, or by an earlier definition of
-            # this one-shot (edited, same start_at): a new call, so a new instant and key.
+            # The instant is taken by an earlier trigger, by an earlier definition of this
+            # one-shot (edited, same start_at), or ran before the wall clock stepped back:
+            # a new call, so a new instant and key.
             occ = self._occurrence(entry, occ.scheduled_ms + 1, trigger)
             if not manual:
                 entry.record.last_scheduled_ms = occ.scheduled_ms

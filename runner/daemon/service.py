@@ -103,7 +103,7 @@ class Daemon(Shutdown, DuctapeAccess):
             dry_run=self.settings.dry_run,
             hooks=self._run_hooks(),
         )
-        max_sleep = min(30.0, self.watchdog_s or 30.0)
+        max_sleep = 1.0  # a wall-clock step is noticed within it (issue 13, item 14)
         self.scheduler = Scheduler(
             self.store,
             self.executor,
@@ -119,7 +119,7 @@ class Daemon(Shutdown, DuctapeAccess):
         self.metrics = Metrics(self._snapshot)
         self.view = DaemonView(
             self.scheduler,
-            stale_after_s=max_sleep * 2 + 5,
+            stale_after_s=65.0,  # a loop stalled this long is unhealthy
             loaded=lambda: self.loaded,
             invalid=lambda: self.invalid,
             state=self.store.health if isinstance(self.store, SqliteStore) else None,
