@@ -777,3 +777,76 @@ def test_wall_clock_steps_back_and_forward_keep_an_every_job_running_without_a_b
         assert d.alive()
     finally:
         d.stop()
+
+
+# ---------------------------------------------------------------- the door (item 8)
+
+
+def open_idle(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that never send a byte, as a slowloris client holds them."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        held.append(sock)
+    return held
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_a_flood_of_idle_connections_neither_starves_runs_of_descriptors_nor_floods_the_log(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    port = free_port()
+    d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_CONTROL_TCP": f"127.0.0.1:{port}"})
+    d.prefix = ("prlimit", "--nofile=256:256", "--")  # a small budget makes exhaustion quick
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    d.start()
+    held: list[socket.socket] = []
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 2)
+        held = open_idle(port, 400)  # more than the daemon has descriptors
+        before = heartbeats(emulator)
+        wait_for(lambda: heartbeats(emulator) >= before + 3, timeout=6.0)
+        assert probe(d, "/healthz").status_code == 200  # the unix socket has its own bound
+        assert not d.events("run.failed"), "runs failed while the door was flooded"
+        # Past the bound, connections are closed at once; the rest once their request
+        # deadline (10 s) passes without a request.
+        assert sum(closed_by_server(s) for s in held) >= 400 - 128
+        wait_for(lambda: all(closed_by_server(s) for s in held), timeout=15.0, every=0.5)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as anyone:
+            assert anyone.get("/healthz").status_code == 200
+        closed = d.events("control.connections_closed")
+        assert 1 <= len(closed) <= 3, "the refusals were logged per connection"
+        assert len(d.output()) < 200_000
+    finally:
+        for sock in held:
+            sock.close()
+        d.stop()
+
+
+def test_a_request_sent_too_slowly_is_cut_off_and_the_daemon_answers_others(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    port = free_port()
+    d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_CONTROL_TCP": f"127.0.0.1:{port}"})
+    d.write_job("far.yaml", FAR)
+    d.start()
+    try:
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        started = time.monotonic()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as anyone:
+            assert anyone.get("/healthz").status_code == 200
+        wait_for(lambda: closed_by_server(slow), timeout=15.0, every=0.5)
+        assert time.monotonic() - started >= 9.0, "cut off before its deadline"
+        slow.close()
+    finally:
+        d.stop()

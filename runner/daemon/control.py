@@ -29,6 +29,7 @@ from runner.daemon.control_server import ControlSocketError as ControlSocketErro
 from runner.daemon.control_server import parse_tcp as parse_tcp  # re-exported
 from runner.daemon.control_server import serve_control as serve_control  # re-exported
 from runner.daemon.metrics import CONTENT_TYPE, Metrics
+from runner.daemon.rendered import Rendered, json_body
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretRegistry, redact
 from runner.store import JobRecord, Occurrence
@@ -197,6 +198,26 @@ def build_control_app(
 class _Api:
     def __init__(self, view: ControlView, metrics: Metrics, secrets: SecretRegistry | None) -> None:
         self.view, self.metrics, self.secrets = view, metrics, secrets
+        # Made in a worker thread and shared (runner.daemon.rendered): the view's
+        # `jobs` and `summary` take one C-level copy of the job table, never iterating
+        # it while the loop changes it.
+        self.rendered = {
+            "metrics": Rendered(metrics.render),
+            "jobs": Rendered(lambda: self._json(view.jobs())),
+            "status": Rendered(lambda: self._json(view.summary())),
+        }
+
+    def _json(self, payload: Any) -> bytes:
+        if self.secrets is not None:
+            payload = redact(payload, self.secrets.forms())
+        return json_body(payload)
+
+    async def shared_body(self, key: str, media_type: str) -> Response:
+        try:
+            body = await self.rendered[key].get()
+        except Exception as exc:
+            return self._failed(None, exc)
+        return Response(body, media_type=media_type)
 
     def reply(self, payload: Any, status: int = 200) -> JSONResponse:
         if self.secrets is not None:
@@ -252,13 +273,13 @@ class _Api:
         return self.reply({"ok": ok, "detail": detail}, 200 if ok else 503)
 
     async def metrics_text(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+        return await self.shared_body("metrics", CONTENT_TYPE)
 
     async def status(self, request: Request) -> Response:
-        return await self.call(None, self.view.summary)
+        return await self.shared_body("status", "application/json")
 
     async def jobs(self, request: Request) -> Response:
-        return await self.call(None, self.view.jobs)
+        return await self.shared_body("jobs", "application/json")
 
     async def job(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -277,6 +298,8 @@ class _Api:
         async def endpoint(request: Request) -> Response:
             name = request.path_params["name"]
             response = await self.call(name, lambda: getattr(self.view, verb)(name))
+            for rendered in self.rendered.values():
+                rendered.invalidate()
             log.info(f"control.{verb}", job=name, status=response.status_code)
             return response
 

@@ -19,6 +19,7 @@ import uvicorn
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from runner.daemon.control_door import GuardedH11Protocol
 from runner.errors import RunnerError
 
 log = structlog.get_logger("runner.control")
@@ -183,7 +184,7 @@ async def serve_control(
         uvicorn.Config(
             app,
             lifespan="off",
-            http="h11",
+            http=GuardedH11Protocol,  # bounded connections, a deadline to send a request
             ws="none",
             log_config=None,
             access_log=False,

@@ -7,7 +7,9 @@ SIGHUP reloads, SIGTERM/SIGINT drain and exit 0, a second SIGINT exits at once (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import resource
 import socket
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,7 @@ class Daemon(Shutdown, DuctapeAccess):
         """Start everything, serve until asked to stop, then drain; the exit status."""
         if not (self.emulator or self.settings.dry_run):
             self._require_credentials()
+        raise_open_files_limit()
         self._install_signals()
         emulator = await self._start_emulator() if self.emulator else None
         self.store = self._open_store()
@@ -246,9 +249,10 @@ class Daemon(Shutdown, DuctapeAccess):
         )
 
     def _snapshot(self) -> list[tuple[str, str, float | None]]:
+        entries = list(self.scheduler.entries.items())  # one C-level copy: a worker thread reads it
         return [
             (name, e.record.status, None if e.due is None else e.due.timestamp())
-            for name, e in self.scheduler.entries.items()
+            for name, e in entries
         ]
 
     def _tick(self) -> None:
@@ -399,3 +403,16 @@ class Daemon(Shutdown, DuctapeAccess):
             if removed:
                 log.info("history.pruned", occurrences=removed)
             await self.clock.sleep(3600)
+
+
+def raise_open_files_limit() -> None:
+    """Take the hard limit on open files as the soft one (systemd's default soft limit is
+    1,024, its hard limit 524,288): the daemon uses epoll, never select(), so a large
+    limit costs nothing, and a flood of connections then meets the control API's own
+    bound (runner.daemon.control_door) long before the process runs out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):  # a kernel cap below it: keep soft
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

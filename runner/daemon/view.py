@@ -77,7 +77,10 @@ class DaemonView:
         return True, f"{len(self.scheduler.entries)} jobs loaded" + now.notes()
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [self._dict(name) for name in sorted(self.scheduler.entries)]
+        # One C-level copy of the table (the GIL is held throughout): safe from a worker
+        # thread while the loop adds and removes jobs (runner.daemon.rendered).
+        entries = sorted(self.scheduler.entries.items(), key=_first)
+        return [job_dict(e.record, e.job, e.due) for _, e in entries]
 
     def job(self, name: str) -> dict[str, Any] | None:
         return self._dict(name) if name in self.scheduler.entries else None
@@ -135,3 +138,7 @@ class DaemonView:
         if deadline is None:
             return text + ", nothing scheduled"
         return text + f", next run in {max(deadline - now_ms, 0) / 1000:.0f} s"
+
+
+def _first(item: tuple[str, Any]) -> str:
+    return item[0]
