@@ -70,10 +70,22 @@ def text(report: Report) -> str:
         lines += ["", "invalid files:"]
         lines += [f"  {visible(str(p))}" for p in report.review.problems]
     lines += ["", report.summary()]
-    lines += [f"! {c.id}: {visible(c.message)}" for c in report.review.consequences]
+    lines += _recap(report.review)
     if report.blocked:
         lines.append("blocked by --fail-on: " + ", ".join(sorted({c.id for c in report.blocked})))
     return "\n".join(lines)
+
+
+def details(review: Review) -> list[str]:
+    """Each job touched, then the consequences: what `plan` adds to its own summary."""
+    lines = []
+    for job in review.jobs:
+        lines += ["", *_text_job(job)]
+    return lines + (["", *_recap(review)] if review.consequences else [])
+
+
+def _recap(review: Review) -> list[str]:
+    return [f"! {c.id}: {visible(c.message)}" for c in review.consequences]
 
 
 def _text_job(job: JobReview) -> list[str]:
