@@ -40,7 +40,8 @@ class Report:
         r = self.review
         parts = [f"{r.count(s)} {s}" for s in STATUSES] + [f"{r.unchanged} unchanged"]
         invalid = len({p.path for p in r.problems})
-        return ", ".join(parts) + (f"; {invalid} invalid file(s)" if invalid else "")
+        files = "file" if invalid == 1 else "files"
+        return ", ".join(parts) + (f"; {invalid} invalid {files}" if invalid else "")
 
     def window(self) -> str:
         return f"next {self.review.n} fire times after {utc(self.review.now)}"

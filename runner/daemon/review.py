@@ -106,7 +106,9 @@ def review(
         added.remove(new_job)
         removed.remove(old_job.job.name)
         out.jobs.append(_renamed(old_job, new_job))
-    out.jobs += [_moved(old[name], plan.desired[name]) for name in _moves(plan, old)]
+    moves = _moves(plan, old)
+    out.unchanged -= len(moves)
+    out.jobs += [_moved(old[name], plan.desired[name]) for name in moves]
     out.jobs += [JobReview("added", j.job.name, j.path, j.line) for j in added]
     out.jobs += [_changed(old.get(j.job.name), j) for j in plan.update]
     out.jobs += [_removed(name, old.get(name)) for name in removed]
