@@ -235,3 +235,16 @@ def test_markdown_escapes_what_files_say(tmp_path: Path) -> None:
     out = run_diff(repo, "main~1:jobs.d", "main:jobs.d", "--format", "markdown").stdout
     assert "<code>jobs.d/a&#124;b&lt;i&gt;.yaml:1</code>" in out
     assert "<i>" not in out
+
+
+def test_a_file_invalid_at_the_old_revision_is_named_as_that_revision_has_it(
+    tmp_path: Path,
+) -> None:
+    broken = {"jobs.d/j.yaml": QUOTA + "tag: t\ncolour: red\n"}
+    repo = make_repo(tmp_path / "r", broken, {"jobs.d/j.yaml": QUOTA + "tag: t\n"})
+    data = json.loads(run_diff(repo, "main~1:jobs.d", "jobs.d", "--format", "json").stdout)
+    assert data["notes"] == [
+        "jobs.d/j.yaml is invalid in main~1:jobs.d: its jobs count as absent there"
+        " (the daemon may still run an earlier version of them)"
+    ]
+    assert [j["status"] for j in data["jobs"]] == ["added"] and data["valid"]

@@ -157,3 +157,26 @@ def test_the_review_takes_the_daemons_progress_into_account() -> None:
 )
 def test_span_reads_as_people_write_durations(seconds: float, text: str) -> None:
     assert span(seconds) == text
+
+
+def test_the_markdown_stays_within_a_github_comment_and_says_what_it_left_out() -> None:
+    from runner.cli.diffrender import Report, markdown
+
+    def many(cron: str) -> dict[str, str]:
+        jobs = "".join(f"  - {{name: j{i:03d}, kind: quota, tag: t}}\n" for i in range(300))
+        return {
+            "d/all.yaml": f"jobs:\n{jobs}".replace(
+                "tag: t", f"tag: t, schedule: {{cron: '{cron}'}}"
+            )
+        }
+
+    out = markdown(Report(review(many("0 * * * *"), many("* * * * *")), "a", "b"))
+    assert len(out) < 65_536
+    shown = out.count("<details>")
+    assert 0 < shown < 300 and f"**{300 - shown} more jobs not shown" in out
+
+
+def test_a_file_invalid_on_the_old_side_is_named() -> None:
+    result = review({"d/j.yaml": QUOTA + "colour: red\n"}, {"d/j.yaml": QUOTA})
+    assert result.old_invalid == ["d/j.yaml"]
+    assert [j.status for j in result.jobs] == ["added"]

@@ -11,9 +11,12 @@ import argparse
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.settings import Settings
+
+if TYPE_CHECKING:
+    from runner.cli.sides import Side
 
 BLOCKED = 3
 FORMATS = ("text", "markdown", "json")
@@ -90,13 +93,26 @@ def cmd_diff(args: argparse.Namespace, settings: Settings) -> int:
     limits = Limits(max_file_bytes=settings.max_file_bytes)
     defaults = Defaults(product=settings.product, env=settings.env)
     new = read_side(args.new, args.repo, limits, defaults)
-    old = read_side(args.old, args.repo, limits, defaults).rebased(new.root)
+    as_read = read_side(args.old, args.repo, limits, defaults)
+    old = as_read.rebased(new.root)
     now = args.now or datetime.now(UTC)
     review = compare(old.files, new.files, now, args.n)
-    notes = [side.note for side in (old, new) if side.note]
+    notes = _notes(as_read, new, review.old_invalid)
     report = diffrender.Report(review, old.label, new.label, notes, args.fail_on)
     render = {"text": diffrender.text, "markdown": diffrender.markdown}
     print(render.get(args.format, diffrender.as_json)(report))
     if not review.valid:
         return 1
     return BLOCKED if report.blocked else 0
+
+
+def _notes(old: Side, new: Side, old_invalid: list[str]) -> list[str]:
+    """What the reader should know about the sides: an empty one, files the old one refuses."""
+    notes = [side.note for side in (old, new) if side.note]
+    for path in old_invalid:
+        shown = old.root + path.removeprefix(new.root)  # as the old side names it
+        notes.append(
+            f"{shown} is invalid in {old.label}: its jobs count as absent there"
+            " (the daemon may still run an earlier version of them)"
+        )
+    return notes

@@ -18,6 +18,7 @@ from runner.daemon.outlook import Fire
 from runner.daemon.review import JobReview, Review, Status
 
 SIGN = {"added": "+", "removed": "-", "renamed": ">", "changed": "~"}
+COMMENT_BUDGET = 60_000  # characters for the job sections; GitHub's limit is 65,536
 REFUSED = ("invalid-file", "duplicate-name")  # these make NEW invalid: exit 1
 STATUSES: tuple[Status, ...] = ("added", "removed", "renamed", "changed")
 
@@ -155,8 +156,7 @@ def markdown(report: Report) -> str:
             lines.append(
                 f"| {flag} | {code(c.id)} | {code(c.job or c.path or '')} | {cell(c.message)} |"
             )
-    for job in r.jobs:
-        lines += ["", *_md_job(job)]
+    lines += _md_jobs(r.jobs, COMMENT_BUDGET - sum(len(line) + 1 for line in lines))
     if r.problems:
         lines += ["", "&#x26D4; **Invalid files** (the daemon refuses them):", ""]
         lines += [f"- {code(str(p))}" for p in r.problems]
@@ -164,6 +164,20 @@ def markdown(report: Report) -> str:
         ids = ", ".join(code(i) for i in sorted({c.id for c in report.blocked}))
         lines += ["", f"&#x26D4; **Blocked** by `--fail-on`: {ids}"]
     return "\n".join(lines)
+
+
+def _md_jobs(jobs: list[JobReview], budget: int) -> list[str]:
+    """One section per job while they fit a GitHub comment (65,536 characters at most)."""
+    lines: list[str] = []
+    for shown, job in enumerate(jobs):
+        section = ["", *_md_job(job)]
+        cost = sum(len(line) + 1 for line in section)
+        if cost > budget:
+            more = f"{len(jobs) - shown} more jobs not shown, to fit a comment"
+            return [*lines, "", f"**{more}**: the text or JSON output lists them all."]
+        lines += section
+        budget -= cost
+    return lines
 
 
 def _md_job(job: JobReview) -> list[str]:

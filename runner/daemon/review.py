@@ -63,6 +63,7 @@ class Review:
     problems: list[Problem] = field(default_factory=list)
     kept: dict[str, list[str]] = field(default_factory=dict)  # invalid path -> jobs it keeps
     consequences: list[Consequence] = field(default_factory=list)
+    old_invalid: list[str] = field(default_factory=list)  # files the old side refuses
 
     @property
     def valid(self) -> bool:
@@ -83,7 +84,9 @@ def compare(old: Sequence[FileResult], new: Sequence[FileResult], now: datetime,
         guard_confirmed=True,  # a review removes what the change removes, at once
         current_paths={name: j.path for name, j in old_jobs.items()},
     )
-    return review(plan, old_jobs, now, n)
+    out = review(plan, old_jobs, now, n)
+    out.old_invalid = [f.path for f in before.files if f.problems]
+    return out
 
 
 def _copy(result: FileResult) -> FileResult:
