@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from runner.settings import Settings
 
@@ -22,7 +22,10 @@ BLOCKED = 3
 FORMATS = ("text", "markdown", "json")
 
 
-def add_parser(sub: Any, config: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    config: Callable[[argparse.ArgumentParser], None],
+) -> None:
     """The `diff` subcommand, registered on the command line's subparsers."""
     from runner.daemon.consequences import CONSEQUENCES
 
@@ -30,8 +33,10 @@ def add_parser(sub: Any, config: Callable[[argparse.ArgumentParser], None]) -> N
         "diff", help="review a change of the jobs folder: two folders or Git revisions"
     )
     config(diff)
-    diff.add_argument("old", metavar="OLD", help="folder, or REV:PATH such as main:jobs.d")
-    diff.add_argument("new", metavar="NEW", help="folder, or REV:PATH such as HEAD:jobs.d")
+    sides = [
+        diff.add_argument("old", metavar="OLD", help="folder, or REV:PATH such as main:jobs.d"),
+        diff.add_argument("new", metavar="NEW", help="folder, or REV:PATH such as HEAD:jobs.d"),
+    ]
     diff.add_argument(
         "-n", type=_count, default=3, metavar="N", help="fire times per job (default 3)"
     )
@@ -46,10 +51,12 @@ def add_parser(sub: Any, config: Callable[[argparse.ArgumentParser], None]) -> N
         "--now", type=_instant, metavar="INSTANT",
         help="ISO 8601 instant the fire times count from (default: now)",
     )  # fmt: skip
-    diff.add_argument(
+    sides.append(diff.add_argument(
         "--repo", type=Path, default=Path(), metavar="DIR",
         help="Git repository the revisions are read from (default: the current folder)",
-    )  # fmt: skip
+    ))  # fmt: skip
+    for action in sides:  # folders, for the completion scripts (main._paths)
+        action.complete = "dir"  # type: ignore[attr-defined]
     diff.set_defaults(handler=cmd_diff)
 
 

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from runner.daemon.outlook import mean_interval, span
 from runner.errors import Problem
 from runner.jobs.loader import LoadedJob
 
@@ -68,6 +67,10 @@ def job_consequences(
 
 
 def _frequency(name: str, new: LoadedJob, old: LoadedJob, now: datetime) -> list[Consequence]:
+    # Imported here: fire times load croniter (~60 ms), and every command's parser reads
+    # CONSEQUENCES for `diff --fail-on`.
+    from runner.daemon.outlook import mean_interval, span
+
     before, after = mean_interval(old.job, now), mean_interval(new.job, now)
     if before is None or after is None or after <= 0:
         return []
