@@ -180,3 +180,18 @@ def test_a_file_invalid_on_the_old_side_is_named() -> None:
     result = review({"d/j.yaml": QUOTA + "colour: red\n"}, {"d/j.yaml": QUOTA})
     assert result.old_invalid == ["d/j.yaml"]
     assert [j.status for j in result.jobs] == ["added"]
+
+
+def test_an_edited_one_shot_runs_again_though_the_daemon_ran_the_old_one() -> None:
+    from runner.daemon.reconcile import FileState, compute_plan
+    from runner.daemon.review import review as explain
+
+    once = "schedule: {start_at: '2026-03-01T00:00:00Z'}\n"
+    [old] = parsed("d/o.yaml", QUOTA + once).jobs
+    edited = parsed("d/o.yaml", QUOTA.replace("tag: t", "tag: u") + once)
+    plan = compute_plan({"o": old.digest}, {"d/o.yaml": FileState("d/o.yaml", "", edited.jobs)})
+    ran = {"o": Progress(anchor_ms=0, executed=1)}
+    [job] = explain(plan, {"o": old}, NOW, 3, ran).jobs
+    assert [f"{f.utc:%Y-%m-%d}" for f in job.fires] == ["2026-03-01"]
+    assert [c.id for c in job.consequences] == ["one-shot-past"]
+    assert "runs again at once" in job.consequences[0].message

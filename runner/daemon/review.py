@@ -104,18 +104,8 @@ def review(
     `progress` what the daemon remembers of each (execution count, `every` phase)."""
     out = Review(now, n, unchanged=len(plan.unchanged), problems=list(plan.problems))
     out.kept = dict(plan.kept_last_good)
-    added, removed = list(plan.add), list(plan.remove)
-    for new_job, old_job in _renames(added, removed, old):
-        added.remove(new_job)
-        removed.remove(old_job.job.name)
-        out.jobs.append(_renamed(old_job, new_job))
-    moves = _moves(plan, old)
-    out.unchanged -= len(moves)
-    out.jobs += [_moved(old[name], plan.desired[name]) for name in moves]
-    out.jobs += [JobReview("added", j.job.name, j.path, j.line) for j in added]
-    out.jobs += [_changed(old.get(j.job.name), j) for j in plan.update]
-    out.jobs += [_removed(name, old.get(name)) for name in removed]
-    out.jobs.sort(key=lambda j: (j.name, j.status))
+    out.jobs = _touched(plan, old)
+    out.unchanged -= sum(1 for j in out.jobs if j.status == "renamed" and not j.old_name)
     for item in out.jobs:
         _foresee(
             item, plan.desired.get(item.name), old.get(item.old_name or item.name), out, progress
@@ -123,6 +113,20 @@ def review(
     out.consequences = file_consequences(plan.problems, plan.kept_last_good)
     out.consequences += [c for j in out.jobs for c in j.consequences]
     return out
+
+
+def _touched(plan: Plan, old: Mapping[str, LoadedJob]) -> list[JobReview]:
+    """Every job the plan touches, by name: renames paired out of adds and removals."""
+    added, removed, jobs = list(plan.add), list(plan.remove), []
+    for new_job, old_job in _renames(added, removed, old):
+        added.remove(new_job)
+        removed.remove(old_job.job.name)
+        jobs.append(_renamed(old_job, new_job))
+    jobs += [_moved(old[name], plan.desired[name]) for name in _moves(plan, old)]
+    jobs += [JobReview("added", j.job.name, j.path, j.line) for j in added]
+    jobs += [_changed(old.get(j.job.name), j) for j in plan.update]
+    jobs += [_removed(name, old.get(name)) for name in removed]
+    return sorted(jobs, key=lambda j: (j.name, j.status))
 
 
 def _renames(
@@ -208,6 +212,18 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _progress_of(
+    item: JobReview, new: LoadedJob, progress: Mapping[str, Progress] | None
+) -> Progress | None:
+    """What the daemon keeps of a job across the change, as the scheduler decides it: a
+    new name is a new job, and an edited one-shot a new one-shot (runs again)."""
+    if progress is None or (item.status == "renamed" and item.old_name):
+        return None
+    if item.status == "changed" and not new.job.schedule.recurring:
+        return None
+    return progress.get(item.name)
+
+
 def _foresee(
     item: JobReview,
     new: LoadedJob | None,
@@ -218,9 +234,7 @@ def _foresee(
     """Fire times and consequences of one touched job (none for a removed one)."""
     if item.status == "removed" or new is None:
         return
-    known = (
-        (progress or {}).get(item.name) if item.status != "renamed" or not item.old_name else None
-    )
+    known = _progress_of(item, new, progress)
     times = [] if new.job.suspend else next_fires(new.job, out.now, out.n + 1, known)
     item.zone = new.job.schedule.tz
     item.fires = marked(times[: out.n], item.zone, out.now)
