@@ -22,6 +22,7 @@ COMMANDS = [
     "demo",
     "emulator",
     "plan",
+    "diff",
     "status",
     "history",
     "trigger",

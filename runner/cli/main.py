@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     _folder(plan, dsn=False)
     plan.set_defaults(handler=cmd_plan)
 
+    from runner.cli.diffcmd import add_parser as add_diff
+
+    add_diff(sub, _config)
+
     for name, text in CONTROL_COMMANDS:
         ctl = sub.add_parser(name, help=text)
         _control(ctl)
