@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -126,6 +127,13 @@ def test_a_real_daemon_serves_every_metric_the_rules_and_dashboard_read(
             assert httpx.get(base + path, timeout=5).status_code == 200, path
         assert httpx.get(base + "/status", timeout=5).status_code == 401
         text = httpx.get(base + "/metrics", timeout=5).text
+        # `kubectl exec ... -- ductape-runner status` (README, GitOps): no --socket, the
+        # container's DUCTAPE_RUNNER_CONTROL_SOCKET finds it.
+        status = subprocess.run(
+            [sys.executable, "-m", "runner", "status", "--json"],
+            env=daemon.env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert status.returncode == 0 and "heartbeat" in status.stdout, status.stderr
     finally:
         daemon.stop()
     lint = promtool("check", "metrics", stdin=text)
