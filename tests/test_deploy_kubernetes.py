@@ -1,6 +1,11 @@
 """deploy/kubernetes: every variant rendered by kustomize as `kubectl apply -k` would, each
 resource validated against the Kubernetes schemas (kubernetes-validate, offline), and the
-daemon's side of the manifests checked: settings, probes, writable paths, replicas."""
+daemon's side of the manifests checked: settings, probes, writable paths, replicas.
+
+Rendering needs kubectl (its built-in kustomize, v5): it comes with this machine's image,
+not from Debian's archive (whose kubectl 1.20 predates kustomize components), so
+scripts/test-tools cannot install it; without it the rendering tests skip, or fail under
+RUNNER_REQUIRE_TOOLS=1."""
 
 from __future__ import annotations
 
