@@ -128,6 +128,7 @@ class Daemon(Shutdown, DuctapeAccess):
             state=self.store.health if isinstance(self.store, SqliteStore) else None,
             conditions=self._conditions,
         )
+        self.metrics.watch_probes(self.view.healthy, self.view.ready)
         try:
             jobs = await self._first_load()
             # What is loaded now lives as long as the daemon: take it out of the cyclic
