@@ -28,6 +28,7 @@ COMMANDS = [
     "pause",
     "resume",
     "next",
+    "ui",
     "completion",
 ]
 CONTROL = ("status", "history", "trigger", "pause", "resume")

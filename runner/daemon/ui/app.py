@@ -39,7 +39,7 @@ HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self';"
     " connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none';"
     " base-uri 'none'",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes POSTs send Origin: null
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }

@@ -36,7 +36,7 @@ pre.definition { background: var(--soft); padding: .8rem; overflow: auto; }
 .badge.failed, .badge.invalid { background: #ffebee; color: var(--bad); }
 .badge.running, .badge.queued, .badge.planned { background: #e3f2fd; color: #1565c0; }
 .badge.paused, .badge.suspended, .badge.last_good { background: #fff3e0; color: var(--warn); }
-.invalid { border: 1px solid #f5c2c7; background: #fff5f5; padding: .3rem 1rem; }
+section.invalid { border: 1px solid #f5c2c7; background: #fff5f5; padding: .3rem 1rem; }
 .guard { border: 1px solid #ffcc80; background: #fff8e1; padding: .5rem 1rem; }
 .notice { color: #1565c0; }
 .actions { display: flex; gap: .5rem; margin: .5rem 0; }

@@ -70,7 +70,7 @@ def invalid_list(invalid: Mapping[str, str]) -> str:
         return ""
     items = "".join(f"<li><code>{esc(error)}</code></li>" for _, error in sorted(invalid.items()))
     return (
-        f'<section class="invalid" id=invalid-files><h2>{len(invalid)} invalid files</h2>'
+        f'<section class="invalid" id=invalid-files><h2>Invalid files: {len(invalid)}</h2>'
         f"<ul>{items}</ul></section>"
     )
 
