@@ -32,6 +32,8 @@ from runner.jobs.secrets import SecretRegistry, redact
 from runner.store import Store
 
 HISTORY_ROWS = 50
+FRESH_S = 1.0  # a jobs page is rendered again after this, or at once when something changed
+CACHED_PAGES = 32
 PICTURE_JOBS = 50
 VERBS = ("trigger", "pause", "resume")
 MAX_FORM_BYTES = 4096
@@ -73,6 +75,10 @@ class Dashboard:
         self.tcp: tuple[str, int] | None = None  # where the TCP listener is, once it listens
         self.auth = UiAuth(None)
         self._invalid_seen: frozenset[str] = frozenset()
+        self._rendered: dict[tuple[str, int], tuple[float, str]] = {}
+        # One render thread at a time: threads share the GIL with the loop, and ten
+        # renders at once (ten tabs refreshing on one change) made a run 270 ms late.
+        self._render_lock = asyncio.Lock()
 
     # ---- what the daemon tells it ------------------------------------------------------
 
@@ -144,9 +150,18 @@ class Dashboard:
     async def jobs_page(self, request: Request) -> Response:
         query = {k: request.query_params.get(k, "") for k in ("q", "status", "sort")}
         page = _int(request.query_params.get("page", "1"))
+        key, now = (str(request.url.query), self.version), self.parts.scheduler.clock.monotonic()
+        cached = self._rendered.get(key)
+        if cached is not None and now - cached[0] < FRESH_S:
+            return self._html(cached[1])  # many open tabs refresh on the same change
         entries = list(self.parts.scheduler.entries.values())  # a snapshot, on the loop
         args = (entries, self._last_good(), dict(self.parts.invalid), query, page)
-        return self._html(await asyncio.to_thread(self._render_jobs, *args))
+        async with self._render_lock:
+            rendered = await asyncio.to_thread(self._render_jobs, *args)
+        if len(self._rendered) >= CACHED_PAGES:
+            self._rendered.clear()
+        self._rendered[key] = (now, rendered)
+        return self._html(rendered)
 
     def _render_jobs(
         self,
@@ -156,14 +171,16 @@ class Dashboard:
         query: dict[str, str],
         page: int,
     ) -> str:
-        rows = [job_row(e, e.job.name in last_good) for e in entries]
-        counts = Counter(r.status for r in rows)
-        chosen = select(rows, query=query["q"], status=query["status"], sort=query["sort"])
-        shown, page, pages_ = page_of(chosen, page)
+        counts = Counter[str](e.record.status for e in entries)
+        chosen = select(
+            entries, last_good, query=query["q"], status=query["status"], sort=query["sort"]
+        )
+        picked, page, pages_ = page_of(chosen, page)
+        shown = [job_row(e, e.record.name in last_good) for e in picked]
         links = pager(f"{BASE}/", page, pages_, query)
         body = pages.jobs_body(
             shown,
-            total=len(rows),
+            total=len(entries),
             shown=len(chosen),
             counts=counts,
             invalid=invalid,

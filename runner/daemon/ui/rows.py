@@ -47,10 +47,6 @@ class JobRow:
     def failing(self) -> bool:
         return self.last_outcome == "failed" or self.status == "failed"
 
-    def attention(self) -> int:
-        """Failures first, then jobs on a last good version, then the rest."""
-        return 0 if self.failing else 1 if self.last_good else 2
-
 
 def job_row(entry: Entry, last_good: bool) -> JobRow:
     job, record = entry.job, entry.record
@@ -72,25 +68,48 @@ def job_row(entry: Entry, last_good: bool) -> JobRow:
     )
 
 
-def select(rows: list[JobRow], *, query: str, status: str, sort: str) -> list[JobRow]:
-    """Filter by a text in name, kind or file and by status, then order (failures first)."""
+def select(
+    entries: list[Entry], last_good: set[str], *, query: str, status: str, sort: str
+) -> list[Entry]:
+    """Filter by a text in name, kind or file and by status, then order (failures first).
+
+    Works on the entries' own fields, not on rows: building a row (its schedule in words)
+    for each of 10,000 jobs took 85% of a page's 250 ms (cProfile); only a page's 100
+    rows are built now."""
     needle = query.casefold().strip()
     if needle:
-        rows = [r for r in rows if needle in f"{r.name}\0{r.kind}\0{r.path}".casefold()]
+        entries = [e for e in entries if needle in _haystack(e)]
     if status == "failed":
-        rows = [r for r in rows if r.failing]
+        entries = [e for e in entries if _failing(e)]
     elif status == "last_good":
-        rows = [r for r in rows if r.last_good]
+        entries = [e for e in entries if e.job.name in last_good]
     elif status:
-        rows = [r for r in rows if r.status == status]
-    far = datetime.max.replace(tzinfo=ZoneInfo("UTC"))
-    keys = {
-        "name": lambda r: (r.name,),
-        "next": lambda r: (r.next_fire or far, r.name),
-        "last": lambda r: (-(r.last_finished_ms or 0), r.name),
-        "status": lambda r: (r.status, r.name),
-    }
-    return sorted(rows, key=keys.get(sort, lambda r: (r.attention(), r.name)))
+        entries = [e for e in entries if e.record.status == status]
+    if sort == "name":
+        return sorted(entries, key=lambda e: e.record.name)
+    if sort == "next":
+        return sorted(entries, key=lambda e: (e.due is None, e.due or _EPOCH, e.record.name))
+    if sort == "last":
+        return sorted(entries, key=lambda e: (-(e.record.last_finished_ms or 0), e.record.name))
+    if sort == "status":
+        return sorted(entries, key=lambda e: (e.record.status, e.record.name))
+    return sorted(entries, key=lambda e: (_attention(e, last_good), e.record.name))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC"))
+
+
+def _haystack(e: Entry) -> str:
+    return f"{e.record.name}\0{e.job.canonical_kind}\0{e.loaded.path}".casefold()
+
+
+def _failing(e: Entry) -> bool:
+    return e.record.last_outcome == "failed" or e.record.status == "failed"
+
+
+def _attention(e: Entry, last_good: set[str]) -> int:
+    """Failures first, then jobs on a last good version, then the rest."""
+    return 0 if _failing(e) else 1 if e.record.name in last_good else 2
 
 
 def page_of(items: list[T], page: int, size: int = PAGE_SIZE) -> tuple[list[T], int, int]:
