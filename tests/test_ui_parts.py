@@ -45,6 +45,7 @@ def entry(name: str, schedule: dict[str, Any], **record: Any) -> Entry:
         ("0 9 * * *", "daily at 09:00"),
         ("30 2 * * 1-5", "weekly on 1-5 at 02:30"),
         ("0 3 1 * *", "monthly on day 1 at 03:00"),
+        ("0 0 1 1 *", "yearly on 1 Jan at 00:00"),
         ("0 0 L * *", "cron"),  # last day of the month: shown raw beside it
         ("0 0 * * 5#3", "cron"),
         ("@daily", "daily at 00:00"),

@@ -121,6 +121,7 @@ def page_of(items: list[T], page: int, size: int = PAGE_SIZE) -> tuple[list[T], 
 
 # ---- schedules in words -------------------------------------------------------------------
 
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _MACROS = {
     "@hourly": "hourly, on the hour",
     "@daily": "daily at 00:00",
@@ -174,6 +175,8 @@ def cron_words(expr: str) -> str:
         return f"weekly on {dow} at {at}"
     if month == "*" and dow == "*" and re.fullmatch(r"[0-9,-]+", dom):
         return f"monthly on day {dom} at {at}"
+    if dow == "*" and dom.isdigit() and month.isdigit():
+        return f"yearly on {int(dom)} {_MONTHS[int(month) - 1]} at {at}"
     return "cron"
 
 
