@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.daemon_helpers import DaemonProcess, control_get, wait_for
+from tests.daemon_helpers import DaemonProcess, control_get, ctl, wait_for
 from tests.emulator_fixture import RunningEmulator
 from tests.tool_helpers import require_tool
 
@@ -186,6 +186,12 @@ def test_pause_and_resume(page: Page, daemon: DaemonProcess) -> None:
     page.click("button[value=resume]")
     expect(page.locator("dl.facts")).to_contain_text("scheduled")
     assert control_get(daemon, "/jobs/monthly-report").json()["paused"] is False
+    page.evaluate("window.notReloaded = true")
+    assert ctl(daemon, "pause", "monthly-report").returncode == 0  # from the command line
+    expect(page.locator("dl.facts")).to_contain_text("paused", timeout=LIVE_S * 1000)
+    assert ctl(daemon, "resume", "monthly-report").returncode == 0
+    expect(page.locator("dl.facts")).to_contain_text("scheduled", timeout=LIVE_S * 1000)
+    assert page.evaluate("window.notReloaded") is True
     upcoming = page.inner_text("table.upcoming")
     assert "DST: UTC+01:00 → UTC+02:00" in upcoming  # March 2027, within 10 months
 

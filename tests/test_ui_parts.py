@@ -3,7 +3,10 @@ the cookie and the CSRF check, and the last redaction pass over a page."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,8 @@ from runner.daemon.ui.svg import buckets, outcome_of
 from runner.jobs.loader import LoadedJob
 from runner.jobs.model import JOB_ADAPTER
 from runner.store import JobRecord
+from tests.daemon_helpers import DaemonProcess, control_get
+from tests.emulator_fixture import RunningEmulator
 
 NOW = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 TOKEN = "the-control-token"
@@ -171,3 +176,24 @@ def test_a_post_needs_the_pages_csrf_value_and_a_matching_origin() -> None:
 def test_the_last_pass_removes_secrets_as_written_and_as_html_escaped() -> None:
     page = "<code>a&lt;b&amp;c</code> and a<b&c and fine"
     assert seal(page, ("a<b&c",)) == "<code>***</code> and *** and fine"
+
+
+def test_without_control_tcp_the_ui_command_says_so_and_the_socket_serves_the_pages(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    daemon = DaemonProcess(tmp_path, emulator)
+    daemon.write_job("later.yaml", "kind: quota\ntag: q\nschedule: {cron: '0 0 1 1 *'}\n")
+    daemon.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "runner", "ui", "--socket", str(tmp_path / "control.sock")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=daemon.env,
+        )
+        assert (proc.returncode, proc.stdout) == (1, "")
+        assert "control_tcp" in proc.stderr
+        assert "later" in control_get(daemon, "/ui/").text
+    finally:
+        assert daemon.stop() == 0

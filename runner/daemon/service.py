@@ -125,6 +125,7 @@ class Daemon(Shutdown, DuctapeAccess):
             invalid=lambda: self.invalid,
             state=self.store.health if isinstance(self.store, SqliteStore) else None,
             conditions=self._conditions,
+            on_change=lambda: self.dashboard.changed(),
         )
         self.dashboard = Dashboard(self)
         try:

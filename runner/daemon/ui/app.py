@@ -224,7 +224,6 @@ class Dashboard:
             return await self.job_page(request)  # its 404
         except ValueError as exc:
             return await self.job_page(request, notice=f"Not done: {exc}", status=409)
-        self.changed()
         target = f"{BASE}/jobs/{urllib.parse.quote(name, safe='')}?done={verb}"
         return RedirectResponse(target, status_code=303, headers=HEADERS)
 
