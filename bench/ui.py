@@ -36,6 +36,8 @@ PAGES = {
     "sorted by next fire, page 50": "/ui/?sort=next&page=50",
     "filtered to one job": "/ui/?q=c009999",
     "one job": "/ui/jobs/c000042",
+    "folder (101 files)": "/ui/folder",
+    "pictures, first 50 jobs": "/ui/pictures",
 }
 FAST = 10
 

@@ -214,6 +214,7 @@ def test_a_new_job_file_appears_live(page: Page, daemon: DaemonProcess) -> None:
     expect(page.locator("main")).to_contain_text("late-arrival", timeout=LIVE_S * 1000 + 1000)
     assert page.evaluate("window.notReloaded") is True
     assert "broken.yaml:4:" in page.inner_text("#invalid-files")
+    expect(page.locator("main table tbody tr").first).to_contain_text("broken.yaml")  # first
     shot(page, "folder")
 
 

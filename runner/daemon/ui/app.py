@@ -11,6 +11,7 @@ import asyncio
 import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -35,6 +36,7 @@ HISTORY_ROWS = 50
 FRESH_S = 1.0  # a jobs page is rendered again after this, or at once when something changed
 CACHED_PAGES = 32
 PICTURE_JOBS = 50
+FOLDER_PAGE = 200
 VERBS = ("trigger", "pause", "resume")
 MAX_FORM_BYTES = 4096
 HEADERS = {
@@ -230,19 +232,31 @@ class Dashboard:
     async def folder_page(self, request: Request) -> Response:
         reconciler = self.parts.reconciler
         plan = reconciler.last_plan
-        body = pages.folder_body(
+        files = list(reconciler.files.values())  # a snapshot, on the loop
+        page = pages.FolderPage(
             str(reconciler.folder),
-            dict(reconciler.files),
+            files,
+            len(files),
             dict(self.parts.invalid),
             plan.guard if plan is not None else None,
             self.last_reload,
-            self._now(),
         )
+        number = _int(request.query_params.get("page", "1"))
+        async with self._render_lock:
+            body = await asyncio.to_thread(self._render_folder, page, number)
         return self._html(layout("Folder", "folder", body, version=self.version))
+
+    def _render_folder(self, page: pages.FolderPage, number: int) -> str:
+        ordered = sorted(page.files, key=lambda f: (not f.problems, f.path))  # invalid first
+        shown, number, count = page_of(ordered, number, FOLDER_PAGE)
+        links = pager(f"{BASE}/folder", number, count, {})
+        return pages.folder_body(replace(page, files=shown), self._now(), links)
 
     async def pictures_page(self, request: Request) -> Response:
         names = sorted(self.parts.scheduler.entries)
-        shown, page, pages_ = page_of(names, _int(request.query_params.get("page", "1")), 50)
+        shown, page, pages_ = page_of(
+            names, _int(request.query_params.get("page", "1")), PICTURE_JOBS
+        )
         since = to_ms(self._now() - timedelta(hours=24))
         activity = await self.reader.activity(shown, since)
         lines = [svg.timeline(name, activity.cells.get(name, {})) for name in shown]

@@ -16,12 +16,13 @@ from runner.daemon.ui.html import (
     esc,
     job_url,
     millis,
-    pager,
     table,
     when,
 )
 from runner.daemon.ui.rows import SORTS, STATUSES, JobRow, Upcoming
 from runner.store import Occurrence
+
+SHOWN_ERRORS = 100
 
 # ---- jobs -----------------------------------------------------------------------------------
 
@@ -68,7 +69,10 @@ def jobs_body(
 def invalid_list(invalid: Mapping[str, str]) -> str:
     if not invalid:
         return ""
-    items = "".join(f"<li><code>{esc(error)}</code></li>" for _, error in sorted(invalid.items()))
+    errors = [error for _, error in sorted(invalid.items())]
+    items = "".join(f"<li><code>{esc(error)}</code></li>" for error in errors[:SHOWN_ERRORS])
+    if len(errors) > SHOWN_ERRORS:
+        items += f"<li>and {len(errors) - SHOWN_ERRORS} more: see the folder page</li>"
     return (
         f'<section class="invalid" id=invalid-files><h2>Invalid files: {len(invalid)}</h2>'
         f"<ul>{items}</ul></section>"
@@ -200,19 +204,25 @@ class Reload:
     unchanged: int
 
 
-def folder_body(
-    folder: str,
-    files: Mapping[str, FileState],
-    invalid: Mapping[str, str],
-    guard: str | None,
-    reload: Reload | None,
-    now: datetime,
-) -> str:
-    parts = [f"<h1>Folder <code>{esc(folder)}</code></h1>"]
-    if guard:
-        parts.append(f'<p class="guard" role=alert>Folder guard armed: {esc(guard)}</p>')
-    parts += [_reload(reload, now), invalid_list(invalid), "<h2>Files</h2>"]
-    parts.append(table(("File", "State", "Jobs"), [_file(f) for _, f in sorted(files.items())]))
+@dataclass(frozen=True)
+class FolderPage:
+    """The folder as last scanned; `files` is the page shown, invalid ones first."""
+
+    folder: str
+    files: Sequence[FileState]
+    total: int
+    invalid: Mapping[str, str]
+    guard: str | None
+    reload: Reload | None
+
+
+def folder_body(page: FolderPage, now: datetime, pager_html: str) -> str:
+    parts = [f"<h1>Folder <code>{esc(page.folder)}</code></h1>"]
+    if page.guard:
+        parts.append(f'<p class="guard" role=alert>Folder guard armed: {esc(page.guard)}</p>')
+    parts += [_reload(page.reload, now), invalid_list(page.invalid)]
+    parts += [f"<h2>Files: {page.total}</h2>", pager_html]
+    parts += [table(("File", "State", "Jobs"), [_file(f) for f in page.files]), pager_html]
     return "".join(parts)
 
 
@@ -246,4 +256,4 @@ def _file(f: FileState) -> str:
     return f"<tr><td><code>{esc(f.path)}</code></td><td>{state}</td><td>{jobs}</td></tr>"
 
 
-__all__ = ["JobPage", "Reload", "folder_body", "job_body", "jobs_body", "jobs_controls", "pager"]
+__all__ = ["FolderPage", "JobPage", "Reload", "folder_body", "job_body", "jobs_body"]
