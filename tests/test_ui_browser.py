@@ -51,7 +51,6 @@ JOBS = {
 def daemon(
     tmp_path_factory: pytest.TempPathFactory, emulator_server: RunningEmulator
 ) -> Iterator[DaemonProcess]:
-    require_tool("chromium")
     env = {
         "JOB_API_KEY": SECRET,
         "DUCTAPE_RUNNER_SECRET_ENV": '["JOB_*"]',
