@@ -29,6 +29,7 @@ COMMANDS = [
     "pause",
     "resume",
     "next",
+    "ui",
     "completion",
 ]
 CONTROL = ("status", "history", "trigger", "pause", "resume")

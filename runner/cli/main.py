@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
         ctl.set_defaults(handler=cmd_ctl, ctl_command=name)
 
+    ui = sub.add_parser("ui", help="print the login URL of the running daemon's web dashboard")
+    _config(ui)
+    _paths(ui.add_argument(
+        "--socket", metavar="PATH", help="control socket (default: the daemon's, as configured)"
+    ))  # fmt: skip
+    ui.set_defaults(handler=cmd_ui)
+
     nxt = sub.add_parser("next", help="show a job's next fire times, as the daemon computes them")
     _folder(nxt, dsn=False)
     nxt.add_argument("job", help="job name (in the jobs folder) or a job file")
@@ -314,6 +321,15 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
         limit=getattr(args, "limit", 20),
         token=token,
     )
+
+
+def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.cli.uicmd import print_login_url
+    from runner.settings import control_socket_path
+
+    socket = args.socket or control_socket_path(settings, dict(os.environ), client=True)
+    configured = settings.control_token
+    return print_login_url(socket, configured.get_secret_value() if configured else None)
 
 
 def cmd_next(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,7 +12,7 @@ and the loopback rule are runner.daemon.control_server.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from runner.daemon.control_server import ControlAccess
 from runner.daemon.control_server import ControlServer as ControlServer  # re-exported
@@ -173,10 +173,12 @@ def build_control_app(
     *,
     secrets: SecretRegistry | None = None,
     token: str | None = None,
+    ui: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The ASGI app; `secrets` adds a last redaction pass over every JSON body; `token`
     is what TCP clients must send as `Authorization: Bearer` (None: TCP gets the probes
-    and metrics only)."""
+    and metrics only); `ui` are the dashboard's routes (runner.daemon.ui), which check
+    the token themselves."""
     api = _Api(view, metrics, secrets)
     routes = [
         Route("/healthz", api.healthz, methods=["GET"]),
@@ -189,6 +191,7 @@ def build_control_app(
         Route("/jobs/{name}/trigger", api.action("trigger"), methods=["POST"]),
         Route("/jobs/{name}/pause", api.action("pause"), methods=["POST"]),
         Route("/jobs/{name}/resume", api.action("resume"), methods=["POST"]),
+        *ui,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: api.http_error})
     app.add_middleware(ControlAccess, token=token)

@@ -27,6 +27,7 @@ log = structlog.get_logger("runner.control")
 SOCKET_MODE = 0o660
 DEFAULT_TCP_HOST = "127.0.0.1"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UI_PREFIX = "/ui"  # the dashboard checks the token itself: a login page, or its cookie
 START_TIMEOUT_S = 5.0
 
 
@@ -58,7 +59,7 @@ class ControlAccess:
         if not _is_loopback(str(scope["client"][0])):
             detail = "only /healthz, /readyz and /metrics are served to remote clients"
             await _deny(403, "forbidden", detail, scope, receive, send)
-        elif not self._authorized(scope):
+        elif not self._authorized(scope) and not _is_ui(scope["path"]):
             detail = "over TCP the control API needs 'Authorization: Bearer <control token>'"
             await _deny(401, "unauthorized", detail, scope, receive, send)
         else:
@@ -70,6 +71,10 @@ class ControlAccess:
         if self.token is None or scheme.lower() != b"bearer":
             return False
         return hmac.compare_digest(credential.strip(), self.token)
+
+
+def _is_ui(path: str) -> bool:
+    return path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
 
 
 def _over_unix(scope: Scope) -> bool:

@@ -27,6 +27,7 @@ from runner.daemon.reconcile import Plan
 from runner.daemon.scheduler import Scheduler, to_ms
 from runner.daemon.sdnotify import Notifier, watchdog_interval_s
 from runner.daemon.shutdown import Shutdown
+from runner.daemon.ui import Dashboard
 from runner.daemon.view import Conditions, DaemonView
 from runner.daemon.watch import FolderSync
 from runner.ductape.client import DuctapeClient
@@ -127,8 +128,10 @@ class Daemon(Shutdown, DuctapeAccess):
             invalid=lambda: self.invalid,
             state=self.store.health if isinstance(self.store, SqliteStore) else None,
             conditions=self._conditions,
+            on_change=lambda: self.dashboard.changed(),
         )
         self.metrics.watch_probes(self.view.healthy, self.view.ready)
+        self.dashboard = Dashboard(self)
         try:
             jobs = await self._first_load()
             # What is loaded now lives as long as the daemon: take it out of the cyclic
@@ -233,19 +236,27 @@ class Daemon(Shutdown, DuctapeAccess):
             token = configured.get_secret_value() if configured else None
             token = token or write_token(control_token_path(s, self.environ))
             self.registry.add(token)  # never logged
-        app = build_control_app(self.view, self.metrics, secrets=self.registry, token=token)
-        return await serve_control(app, unix_socket=socket_path, tcp=s.control_tcp)
+        ui = self.dashboard.routes(token)
+        app = build_control_app(self.view, self.metrics, secrets=self.registry, token=token, ui=ui)
+        server = await serve_control(app, unix_socket=socket_path, tcp=s.control_tcp)
+        self.dashboard.tcp = server.tcp_address
+        return server
 
     def _run_hooks(self) -> RunHooks:
         def finished(job: Job, occ: Occurrence) -> None:
             seconds = None if occ.duration_ms is None else occ.duration_ms / 1000
             outcome: Any = occ.state
             self.metrics.run_finished(job.name, job.canonical_kind, outcome, seconds)
+            self.dashboard.changed()
+
+        def started(job: Job, occ: Occurrence, late_s: float) -> None:
+            self.metrics.lateness(late_s)
+            self.dashboard.changed()
 
         return RunHooks(
             on_attempt=lambda job, s: self.metrics.attempt(job.canonical_kind, s),
             on_finished=finished,
-            on_started=lambda job, occ, late_s: self.metrics.lateness(late_s),
+            on_started=started,
             on_call=self._on_call,
         )
 
@@ -372,6 +383,8 @@ class Daemon(Shutdown, DuctapeAccess):
                 last_good=sum(len(names) for names in plan.kept_last_good.values()),
             )
             self.notifier.status(self.view.status_line())
+        if hasattr(self, "dashboard"):
+            self.dashboard.reloaded(plan, self.clock.now())
 
     def _keep_last_good(self, plan: Plan) -> None:
         """Store each accepted file's content, so a restart runs it while the file is

@@ -41,6 +41,7 @@ class DaemonView:
         invalid: Callable[[], dict[str, str]],
         state: Callable[[], tuple[bool, str]] | None = None,
         conditions: Callable[[], Conditions] = Conditions,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.scheduler = scheduler
         self._state = state
@@ -48,6 +49,7 @@ class DaemonView:
         self._loaded = loaded
         self._invalid = invalid
         self._conditions = conditions
+        self._on_change = on_change  # a pause or resume: open dashboards refresh
 
     def healthy(self) -> tuple[bool, str]:
         age = self.scheduler.clock.monotonic() - self.scheduler.heartbeat
@@ -109,10 +111,12 @@ class DaemonView:
 
     def pause(self, name: str) -> dict[str, Any]:
         self.scheduler.pause(name)
+        self._on_change()
         return self._dict(name)
 
     def resume(self, name: str) -> dict[str, Any]:
         self.scheduler.resume(name)
+        self._on_change()
         return self._dict(name)
 
     def summary(self) -> dict[str, Any]:
