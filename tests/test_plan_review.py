@@ -34,3 +34,20 @@ def test_plan_shows_each_touched_jobs_fields_fire_times_and_consequences(
     assert "! frequency-up-10x: report: fires 60x as often" in out
     assert "! one-shot-past: once: a one-shot without start_at: it runs at once on deploy" in out
     assert "keep" not in out.split("unchanged", 1)[1]
+
+
+def test_plan_escapes_control_and_bidi_characters_in_file_names(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    daemon = DaemonProcess(tmp_path, emulator)
+    daemon.write_job("keep.yaml", JOB + "schedule: {cron: '0 0 * * *'}\n")
+    daemon.start()
+    assert daemon.stop() == 0
+    evil = "evil\x1b]0;owned\x07\u202e.yaml"
+    daemon.write_job(evil, "name: evil\n" + JOB + "schedule: {cron: '0 1 * * *'}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "plan"], capture_output=True, text=True, env=daemon.env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "\u202e" not in proc.stdout and "\x07" not in proc.stdout
+    assert "evil\\x1b]0;owned\\x07\\u202e.yaml" in proc.stdout

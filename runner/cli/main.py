@@ -334,13 +334,14 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_next(args: argparse.Namespace, settings: Settings) -> int:
     from runner.cli.nextcmd import NextError, upcoming
+    from runner.cli.visible import visible
 
     try:
         lines = upcoming(args.job, settings, n=args.n, after=args.after, as_json=args.json)
     except NextError as exc:
-        print(f"ductape-runner next: {exc}", file=sys.stderr)
+        print(f"ductape-runner next: {visible(str(exc))}", file=sys.stderr)
         return 1
-    print("\n".join(lines))
+    print("\n".join(lines) if args.json else visible("\n".join(lines), keep="\n"))
     return 0
 
 

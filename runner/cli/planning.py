@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from runner.cli.visible import visible
 from runner.daemon.folder import plan_folder
 from runner.daemon.outlook import Progress
 from runner.jobs.loader import Defaults, Limits, LoadedJob, load_file
@@ -69,11 +70,11 @@ def print_plan(settings: Settings, now: datetime | None = None) -> int:
         {r.name: r.definition_hash for r in held.records.values()},
         {r.name: r.path for r in held.records.values()},
     )
-    print(plan.describe())
+    print(visible(plan.describe(), keep="\n"))  # file names may hold ESC or bidi characters
     progress = {n: Progress(r.anchor_ms, r.execution_count) for n, r in held.records.items()}
     old = definitions(held, limits, defaults)
     explained = review(plan, old, now or datetime.now(UTC), FIRES, progress)
     lines = details(explained)
     if lines:
-        print("\n".join(lines))
+        print(visible("\n".join(lines), keep="\n"))
     return 1 if plan.problems else 0

@@ -229,7 +229,10 @@ class Dispatch:
             raise  # on shutdown the occurrence stays open and resumes after restart
         except Exception as exc:  # a bug must fail this occurrence, not strand it as running
             log.exception("run.crashed", job=occ.job, scheduled_at=iso(from_ms(occ.scheduled_ms)))
-            occ.state, occ.last_error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+            # The exception's text may hold a resolved secret: it goes to the (redacted)
+            # log only; what is stored and shown names its type.
+            occ.state = "failed"
+            occ.last_error = f"internal error: {type(exc).__name__} (see the daemon's log)"
 
     def _settle(self, name: str, runs: JobRuns, run: Run, task: asyncio.Task[None]) -> None:
         """The run's task is done (finished, cancelled, or crashed): settle what it left."""
