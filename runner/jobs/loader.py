@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import os
@@ -296,14 +295,18 @@ def _compact(job: Job) -> Job:
     if len(_shared) >= _SHARED_MAX:
         _shared.clear()
     fields = job.__dict__
+    shared = _shared
     for name in _SHARED_PARTS:
         part = fields.get(name)
         if part is not None:
-            with contextlib.suppress(TypeError):  # a part holding a dict is not hashable
-                fields[name] = _shared.setdefault(part, part)
+            # Not contextlib.suppress: five context managers a job were 0.1 s of 100,000.
+            try:  # noqa: SIM105
+                fields[name] = shared.setdefault(part, part)
+            except TypeError:  # a part holding a dict is not hashable
+                pass
     for name in _SHARED_STRINGS:
         text = fields.get(name)
-        if isinstance(text, str):
+        if text.__class__ is str:
             fields[name] = sys.intern(text)
     # pydantic keeps, per instance, the set of fields the file gave; jobs written alike
     # give the same set, and a frozen job never changes it (216 B a job).
