@@ -138,10 +138,13 @@ class _Builder:
 
     def _take_key(self, top: _Frame, key: Any, event: yaml.Event | None) -> None:
         assert self.doc is not None
-        if event is None or not isinstance(key, str | int | float | bool):
+        if key.__class__ is str and event is not None:
+            path = (*top.path, key)  # most keys: no isinstance over a union, no _path_key
+        elif event is None or not isinstance(key, str | int | float | bool):
             line, col = self.doc.position(top.path)
             raise SourceError("mapping keys must be plain scalars", line, col, top.path)
-        path = (*top.path, _path_key(key))
+        else:
+            path = (*top.path, _path_key(key))
         if key in top.value and key != "<<":
             line, col = _mark(event)
             first = self.doc.keys.get(path, (0, 0))[0]
@@ -260,8 +263,13 @@ def load_yaml(text: str, *, max_depth: int = 32, max_nodes: int = 100_000) -> li
     try:
         while True:
             event = loader.get_event()  # type: ignore[no-untyped-call]
-            if event.__class__ is yaml.ScalarEvent:
+            kind = event.__class__
+            if kind is yaml.ScalarEvent:
                 builder.scalar(event)
+            elif kind is yaml.MappingEndEvent:
+                builder.end()
+            elif kind is yaml.MappingStartEvent:
+                _mapping_start(builder, event, docs)
             elif event is None or isinstance(event, yaml.StreamEndEvent):
                 return docs
             else:
