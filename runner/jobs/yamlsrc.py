@@ -163,7 +163,9 @@ class _Builder:
     def scalar(self, event: yaml.ScalarEvent) -> None:
         # The hot path of a start (15 of 19 events a job): the common cases are inlined,
         # each step in the order of the general methods it stands for (issue 12).
-        self.count(1, event)
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            self.count(0, event)  # raises the limit's error
         value = self._plain_str(event)
         if value is None:
             value = self._construct(event)
@@ -174,28 +176,30 @@ class _Builder:
             self._record((), event)
             self.add(value, 1, event)
             return
+        doc = self.doc
+        assert doc is not None
         top.weight += 1
+        mark: Any = event.start_mark
         if top.kind == "seq":
-            assert self.doc is not None
-            mark: Any = event.start_mark
-            self.doc.values.setdefault(
-                (*top.path, len(top.value)), (mark.line + 1, mark.column + 1)
-            )
+            doc.values.setdefault((*top.path, len(top.value)), (mark.line + 1, mark.column + 1))
             top.value.append(value)
-        elif not top.has_key:
-            self._take_key(top, value, event)  # keys need no value position
-        else:
-            assert self.doc is not None
-            mark = event.start_mark
-            self.doc.values.setdefault(top.pending_path, (mark.line + 1, mark.column + 1))
+        elif top.has_key:
+            doc.values.setdefault(top.pending_path, (mark.line + 1, mark.column + 1))
             self._set_item(top, value)
+        elif value.__class__ is str and value not in top.value:
+            path = (*top.path, value)  # a new string key: _take_key's common case
+            doc.keys.setdefault(path, (mark.line + 1, mark.column + 1))
+            top.pending_key, top.pending_path, top.has_key = value, path, True
+        else:
+            self._take_key(top, value, event)  # keys need no value position
 
     def _plain_str(self, event: yaml.ScalarEvent) -> str | None:
         """The scalar's value when it is an untagged string (most are), else None."""
         if event.tag is not None:
             return None
-        if event.style or _resolve_plain(self.loader, event) == _STR:
-            return event.value
+        text: str = event.value
+        if event.style or (_PLAIN_TAGS.get(text) or _resolve_plain(self.loader, event)) == _STR:
+            return text
         return None
 
     def _construct(self, event: yaml.ScalarEvent) -> Any:
