@@ -177,6 +177,7 @@ class Daemon(Shutdown, DuctapeAccess):
             await control.close()
             return status
         finally:
+            gc.enable()  # a start that failed before it was enabled again
             await self.client.aclose()
             if isinstance(self.store, PostgresStore):
                 await self.store.aclose()
