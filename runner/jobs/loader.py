@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import os
 import stat
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from runner.jobs.model import (
     find_secret_refs,
 )
 from runner.jobs.secrets import SecretPolicy
+from runner.jobs.sharing import compact, known_schedule
 from runner.jobs.spelling import normalise
 from runner.jobs.tomlsrc import load_toml
 from runner.jobs.yamlsrc import Document, SourceError, load_yaml
@@ -265,6 +264,7 @@ def _validate_entry(
     if norm.problems:
         result.problems.extend(problems)
         return
+    known_schedule(norm.data)
     try:
         job = JOB_ADAPTER.validate_python(norm.data)
     except ValidationError as exc:
@@ -274,42 +274,7 @@ def _validate_entry(
         return
     line = doc.position(base)[0]
     digest = hashlib.sha256(job.model_dump_json(by_alias=True).encode()).hexdigest()
-    result.jobs.append(LoadedJob(_compact(job), result.path, line, digest))
-
-
-# Parts that many jobs share (a folder of 100,000 jobs holds a handful of retry, catch-up
-# and DST policies and far fewer schedules than jobs): one frozen instance serves all.
-_SHARED_PARTS = ("schedule", "retry", "catchup", "dst", "session")
-_SHARED_STRINGS = ("kind", "env", "product", "cache", "concurrency")
-_SHARED_MAX = 100_000  # distinct parts remembered; a long-lived daemon's edits add more
-_shared: dict[Any, Any] = {}
-
-
-def _compact(job: Job) -> Job:
-    """The job with its equal parts shared with other jobs' (issue 12: memory per job).
-
-    The models are frozen and compared by value, so sharing an equal instance changes
-    nothing a reader can see. The table keeps every distinct part it has seen, so it is
-    emptied when it reaches _SHARED_MAX: jobs keep the instances they hold, later ones
-    start sharing afresh.
-    """
-    if len(_shared) >= _SHARED_MAX:
-        _shared.clear()
-    fields = job.__dict__
-    for name in _SHARED_PARTS:
-        part = fields.get(name)
-        if part is not None:
-            with contextlib.suppress(TypeError):  # a part holding a dict is not hashable
-                fields[name] = _shared.setdefault(part, part)
-    for name in _SHARED_STRINGS:
-        text = fields.get(name)
-        if isinstance(text, str):
-            fields[name] = sys.intern(text)
-    # pydantic keeps, per instance, the set of fields the file gave; jobs written alike
-    # give the same set, and a frozen job never changes it (216 B a job).
-    given = job.__pydantic_fields_set__
-    object.__setattr__(job, "__pydantic_fields_set__", _shared.setdefault(frozenset(given), given))
-    return job
+    result.jobs.append(LoadedJob(compact(job), result.path, line, digest))
 
 
 def _secret_ref_problems(

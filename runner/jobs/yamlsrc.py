@@ -56,6 +56,7 @@ class _Frame:
     value: Any
     anchor: str | None
     pending_key: Any = None
+    pending_path: Path = ()  # path of the value that follows pending_key
     has_key: bool = False
     weight: int = 1
 
@@ -92,6 +93,8 @@ class _Builder:
         top = self.stack[-1]
         if top.kind == "seq":
             return (*top.path, len(top.value))
+        if top.has_key:
+            return top.pending_path
         return (*top.path, _path_key(top.pending_key))
 
     def start(self, event: yaml.CollectionStartEvent, kind: str) -> None:
@@ -135,16 +138,19 @@ class _Builder:
 
     def _take_key(self, top: _Frame, key: Any, event: yaml.Event | None) -> None:
         assert self.doc is not None
-        if event is None or not isinstance(key, str | int | float | bool):
+        if key.__class__ is str and event is not None:
+            path = (*top.path, key)  # most keys: no isinstance over a union, no _path_key
+        elif event is None or not isinstance(key, str | int | float | bool):
             line, col = self.doc.position(top.path)
             raise SourceError("mapping keys must be plain scalars", line, col, top.path)
-        path = (*top.path, _path_key(key))
+        else:
+            path = (*top.path, _path_key(key))
         if key in top.value and key != "<<":
             line, col = _mark(event)
             first = self.doc.keys.get(path, (0, 0))[0]
             raise SourceError(f"duplicate key '{key}' (first at line {first})", line, col, path)
         self.doc.keys.setdefault(path, _mark(event))
-        top.pending_key, top.has_key = key, True
+        top.pending_key, top.pending_path, top.has_key = key, path, True
 
     def _set_item(self, top: _Frame, value: Any) -> None:
         key = top.pending_key
@@ -155,17 +161,46 @@ class _Builder:
             top.value[key] = value
 
     def scalar(self, event: yaml.ScalarEvent) -> None:
-        self.count(1, event)
-        value = self._construct(event)
+        # The hot path of a start (15 of 19 events a job): the common cases are inlined,
+        # each step in the order of the general methods it stands for (issue 12).
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            self.count(0, event)  # raises the limit's error
+        value = self._plain_str(event)
+        if value is None:
+            value = self._construct(event)
         if event.anchor:
             self.anchors[event.anchor] = (value, 1)
         top = self.stack[-1] if self.stack else None
-        if top is not None and top.kind == "map" and not top.has_key:
-            top.weight += 1
-            self._take_key(top, value, event)  # keys need no value position
+        if top is None:
+            self._record((), event)
+            self.add(value, 1, event)
             return
-        self._record(self.child_path(), event)
-        self.add(value, 1, event)
+        doc = self.doc
+        assert doc is not None
+        top.weight += 1
+        mark: Any = event.start_mark
+        if top.kind == "seq":
+            doc.values.setdefault((*top.path, len(top.value)), (mark.line + 1, mark.column + 1))
+            top.value.append(value)
+        elif top.has_key:
+            doc.values.setdefault(top.pending_path, (mark.line + 1, mark.column + 1))
+            self._set_item(top, value)
+        elif value.__class__ is str and value not in top.value:
+            path = (*top.path, value)  # a new string key: _take_key's common case
+            doc.keys.setdefault(path, (mark.line + 1, mark.column + 1))
+            top.pending_key, top.pending_path, top.has_key = value, path, True
+        else:
+            self._take_key(top, value, event)  # keys need no value position
+
+    def _plain_str(self, event: yaml.ScalarEvent) -> str | None:
+        """The scalar's value when it is an untagged string (most are), else None."""
+        if event.tag is not None:
+            return None
+        text: str = event.value
+        if event.style or (_PLAIN_TAGS.get(text) or _resolve_plain(self.loader, event)) == _STR:
+            return text
+        return None
 
     def _construct(self, event: yaml.ScalarEvent) -> Any:
         if not event.style and event.tag in (None, "!"):
@@ -198,6 +233,7 @@ class _Builder:
         self.add(value, weight, event)
 
 
+_STR = "tag:yaml.org,2002:str"
 _PLAIN_TAGS: dict[str, str] = {}
 
 
@@ -231,9 +267,17 @@ def load_yaml(text: str, *, max_depth: int = 32, max_nodes: int = 100_000) -> li
     try:
         while True:
             event = loader.get_event()  # type: ignore[no-untyped-call]
-            if event is None or isinstance(event, yaml.StreamEndEvent):
+            kind = event.__class__
+            if kind is yaml.ScalarEvent:
+                builder.scalar(event)
+            elif kind is yaml.MappingEndEvent:
+                builder.end()
+            elif kind is yaml.MappingStartEvent:
+                _mapping_start(builder, event, docs)
+            elif event is None or isinstance(event, yaml.StreamEndEvent):
                 return docs
-            _dispatch(builder, event, docs)
+            else:
+                _dispatch(builder, event, docs)
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, max_depth) from None
     except yaml.YAMLError as exc:

@@ -88,8 +88,14 @@ def _normalize_dow(token: str) -> str:
     return ",".join(_QUARTZ_LAST_DOW.sub(r"L\1", part) for part in token.split(","))
 
 
+@lru_cache(maxsize=4096)
 def _check_field(name: str, token: str) -> None:
-    """Expand one field alone, so the error names the field that croniter rejected."""
+    """Expand one field alone, so the error names the field that croniter rejected.
+
+    Cached (a token that passes is remembered; one that fails raises again): expressions
+    share their fields, and five probes per distinct expression were 6% of the start of
+    100,000 jobs with 1,440 expressions (issue 12).
+    """
     bad = ScheduleError(CRON_FIELD, f"bad {name} field '{token}' (allowed {_ALLOWED[name]})")
     if any(_HASH_OR_RANDOM.match(part) for part in token.split(",")):
         raise bad
