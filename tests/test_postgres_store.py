@@ -33,7 +33,7 @@ class FakeReplica:
     shared_jobs: list[SharedJob] = field(default_factory=list)
     availability: list[bool] = field(default_factory=list)
 
-    def adopt(self, occurrences: list[Occurrence]) -> None:
+    def adopt(self, occurrences: list[Occurrence], *, taken_over: bool = True) -> None:
         self.adopted.extend(occurrences)
 
     def lease_lost(self, job: str, scheduled_ms: int) -> None:
@@ -100,15 +100,17 @@ async def test_each_occurrence_is_claimed_by_exactly_one_of_several_replicas(pg_
             s.replica_id: await asyncio.gather(*(s.claimed(o) for o in occs[s.replica_id]))
             for s in stores
         }
+        owners = rows(pg_dsn, "SELECT owner, count(*) FROM occurrences GROUP BY owner")
+        tokens = rows(pg_dsn, "SELECT count(DISTINCT fencing) FROM occurrences")
     finally:
         for store in stores:
             await store.aclose()
     for i in range(50):
         assert sum(verdicts[s.replica_id][i] for s in stores) == 1, i
-    owners = rows(pg_dsn, "SELECT owner, count(*) FROM occurrences GROUP BY owner")
-    assert sum(n for _, n in owners) == 50
-    tokens = rows(pg_dsn, "SELECT count(DISTINCT fencing) FROM occurrences")
+    assert sum(n for _, n in owners) == 50 and "" not in dict(owners)
     assert tokens == [(50,)]
+    # Stopped (SIGTERM) before any attempt: handed back unowned, for any replica to claim.
+    assert rows(pg_dsn, "SELECT DISTINCT owner, fencing FROM occurrences") == [("", 0)]
 
 
 async def test_an_expired_lease_is_taken_over_with_a_new_token_and_the_same_key(
@@ -116,18 +118,19 @@ async def test_an_expired_lease_is_taken_over_with_a_new_token_and_the_same_key(
 ) -> None:
     a = await replica(pg_dsn, "a")
     b = await replica(pg_dsn, "b", lease_s=3.0)
+    replica_b: Any = b.replica
+    replica_b.jobs = set()  # b has no room for it (yet): a claims what a planned
     try:
         a.save_job(record())
         occ = occurrence(T0)
         a.plan(occ, record())
         assert await a.claimed(occ)
+        replica_b.jobs = {"j"}
         [(old_token,)] = rows(pg_dsn, "SELECT fencing FROM occurrences")
         # a dies (no renewals): its lease runs out.
         a._tasks[1].cancel()
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("UPDATE occurrences SET lease_until = now() - interval '1 s'")
-        assert b.replica is not None
-        replica_b: Any = b.replica
         await asyncio.wait_for(_until(lambda: replica_b.adopted), 5)
         [taken] = replica_b.adopted
         assert taken.idempotency_key == occ.idempotency_key

@@ -305,8 +305,9 @@ class Dispatch:
 
     # ---- replicas sharing a database (runner.store.Replica) --------------------------
 
-    def adopt(self, occurrences: list[Occurrence]) -> None:
-        """Run occurrences taken over from a replica whose lease expired (same keys)."""
+    def adopt(self, occurrences: list[Occurrence], *, taken_over: bool = True) -> None:
+        """Run occurrences taken over from a replica whose lease expired (same keys), or
+        claimed here after another replica planned them."""
         by_job: dict[str, list[Occurrence]] = {}
         for occ in occurrences:
             entry = self.entries.get(occ.job)
@@ -316,10 +317,11 @@ class Dispatch:
                 continue
             if entry.runs.run_holding(occ.scheduled_ms) is not None:
                 continue  # our own run still has it (its finish is written under the new token)
-            log.warning(
-                "run.taken_over",
+            (log.warning if taken_over else log.info)(
+                "run.taken_over" if taken_over else "run.claimed",
                 job=occ.job,
                 scheduled_at=iso(from_ms(occ.scheduled_ms)),
+                trigger=occ.trigger,
                 attempts=occ.attempts,
                 idempotency_key=occ.idempotency_key,
             )

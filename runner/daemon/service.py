@@ -177,7 +177,13 @@ class Daemon(Shutdown, DuctapeAccess):
         s = self.settings
         if not is_dsn(s.state):
             return SqliteStore(s.state, reset=self.reset_state)
-        return PostgresStore(s.state, self.clock, replica_id=s.replica_id, lease_s=s.lease_s)
+        return PostgresStore(
+            s.state,
+            self.clock,
+            replica_id=s.replica_id,
+            lease_s=s.lease_s,
+            claim_limit=s.max_concurrent_runs + s.max_concurrent_runs // 4,  # a little ahead
+        )
 
     async def _connect(self, store: PostgresStore, jobs: dict[str, LoadedJob]) -> None:
         """Migrate and read the shared state; unreachable at start-up is an error (systemd

@@ -152,8 +152,10 @@ class SharedJob:
 class Replica(Protocol):
     """What the scheduler needs from it: callbacks from a shared backend's background work."""
 
-    def adopt(self, occurrences: list[Occurrence]) -> None:
-        """Run occurrences taken over from a replica whose lease expired (same keys)."""
+    def adopt(self, occurrences: list[Occurrence], *, taken_over: bool = True) -> None:
+        """Run occurrences this replica now holds but did not plan: taken over from a
+        replica whose lease expired (same keys), or, `taken_over=False`, claimed after
+        another replica planned them (a trigger there, or it fired first)."""
         ...
 
     def lease_lost(self, job: str, scheduled_ms: int) -> None:
