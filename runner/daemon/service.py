@@ -182,7 +182,7 @@ class Daemon(Shutdown, DuctapeAccess):
             self.clock,
             replica_id=s.replica_id,
             lease_s=s.lease_s,
-            claim_limit=s.max_concurrent_runs + s.max_concurrent_runs // 4,  # a little ahead
+            claim_limit=2 * s.max_concurrent_runs,  # the next ones wait, claimed, for a slot
         )
 
     async def _connect(self, store: PostgresStore, jobs: dict[str, LoadedJob]) -> None:

@@ -110,10 +110,14 @@ class _Connections:
     _conns: dict[str, psycopg.AsyncConnection[Any]]
     _reader: psycopg.Connection[Any] | None
     _abandoned: set[asyncio.Future[Any]]
+    _stale: set[str]  # connections to replace before their next use (after an outage)
 
     # ---- connections and failure -----------------------------------------------------------------
 
     async def _conn(self, name: str) -> psycopg.AsyncConnection[Any]:
+        if name in self._stale:
+            self._stale.discard(name)
+            await self._drop(name)
         conn = self._conns.get(name)
         if conn is None or conn.closed:
             conn = await psycopg.AsyncConnection.connect(
@@ -211,11 +215,9 @@ class _Connections:
             return
         away = self.clock.monotonic() - (self.down_since or 0.0)
         self.available, self.down_since = True, None
-        # The others' connections outlived the outage, and may not have survived it.
-        for other in [n for n in self._conns if n not in (name, "listener")]:
-            closing = asyncio.ensure_future(self._drop(other))
-            self._abandoned.add(closing)
-            closing.add_done_callback(self._abandoned.discard)
+        # The others' connections outlived the outage and may not have survived it: each
+        # is replaced when its (only) user next takes it, never under a call in flight.
+        self._stale = {other for other in self._conns if other not in (name, "listener")}
         log.warning("store.recovered", state=display_dsn(self.dsn), away_s=round(away, 1))
         if self.replica is not None:
             self.replica.store_available(True)

@@ -93,6 +93,7 @@ class PostgresStore(_Claims):
         self._unclaimed = True
         self._poked = False
         self._rows = asyncio.Lock()
+        self._stale: set[str] = set()
         self._news = asyncio.Event()
 
     # ---- start and stop ----------------------------------------------------------------

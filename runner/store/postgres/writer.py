@@ -2,11 +2,15 @@
 then claims as many unowned occurrences as this replica has room for (issue 14).
 
 A tick runs its steps in this order, each one statement over all its rows: plain
-writes (pause, prune) one by one; job rows; plans (insert-if-absent, unowned); attempt
-updates; final states with their jobs' counters; the claim (`DRAIN`, up to the room
-left: `claim_limit` minus the leases held); and, when nothing more can be claimed,
+writes (pause, prune) one by one; plans (insert-if-absent, unowned); attempt updates;
+final states with their jobs' counters; the claim (`DRAIN`, up to the room left:
+`claim_limit` minus the leases held); job rows; and, when nothing more can be claimed,
 the verdicts still awaited (`RESOLVE`). Per occurrence, that is the order its writes
-are queued in, so reordering kinds within a tick changes nothing about any one of them.
+are queued in. Job rows come last so that claimed runs start without waiting for
+them (at a burst, as many rows as occurrences); a plan checked against the job row
+before this tick's is what happened when each claim wrote its job row after itself,
+and a job row queued before a finish of its job takes that finish's status and next
+run, so the last one queued still wins.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ RETRY_RESOLVE_S = 0.1  # verdicts still open because another replica was claimin
 SPILL_S = 0.1  # how long the replica that planned an occurrence has it to itself
 
 Key = tuple[str, int]
+_STATUS, _NEXT = _JOB_COLUMNS.index("status"), _JOB_COLUMNS.index("next_fire_ms")
 
 
 @dataclass
@@ -71,6 +76,12 @@ class _Tick:
         elif write.kind == "finish":
             self.updates.pop((write.row[0], write.row[1]), None)  # the final write says it all
             self.finishes[write.row[0], write.row[1]] = write.row
+            job = self.jobs.get(write.row[0])
+            if job is not None:  # queued before this finish, written after it: its
+                status, next_fire = write.row[-2:]  # status and next run are older
+                self.jobs[write.row[0]] = (*job[:_STATUS], status, *job[_STATUS + 1 :])
+                job = self.jobs[write.row[0]]
+                self.jobs[write.row[0]] = (*job[:_NEXT], next_fire, *job[_NEXT + 1 :])
 
 
 class _Writer(_Connections):
@@ -106,8 +117,6 @@ class _Writer(_Connections):
             result = await self._land(lambda conn, _, run=run: run(conn), [write])
             if write.done is not None and not write.done.done():
                 write.done.set_result(bool(result))
-        if tick.jobs:
-            await self._land(self._save_jobs, [tick.jobs[name] for name in sorted(tick.jobs)])
         if tick.plans:
             plans = sorted(tick.plans, key=lambda row: (row[0], row[1]))
             await self._land(self._plan, plans, self._refuse)
@@ -117,6 +126,9 @@ class _Writer(_Connections):
             finishes = list(tick.finishes.values())
             await self._land(self._finish, finishes, self._unhold, rows_lock=True)
         await self._claim_room()
+        if tick.jobs:  # last: the runs claimed above need not wait for them
+            await self._land(self._save_jobs, [tick.jobs[name] for name in sorted(tick.jobs)])
+        await self._resolve_rest()
 
     def _poke(self) -> None:
         """Wake the writer for a claim even though nothing was queued."""
@@ -230,7 +242,10 @@ class _Writer(_Connections):
             claimed = await self._land(lambda conn, _: self._drain(conn, known, room), [None])
             if claimed is not None and len(claimed) < room:
                 self._unclaimed = False  # all there was: what we still wait for is elsewhere
-        if not self._unclaimed and any(v.applied for v in self._waiting.values()):
+
+    async def _resolve_rest(self) -> None:
+        waiting = any(verdict.applied for verdict in self._waiting.values())
+        if self.available and not self._unclaimed and waiting:
             await self._land(self._resolve, [None])
 
     async def _drain(
