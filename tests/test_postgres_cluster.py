@@ -1,0 +1,96 @@
+"""Operator actions across replicas (issue 14): a trigger runs once in the cluster, and a
+pause or resume on one replica reaches the others within a second (LISTEN/NOTIFY)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests import pg_helpers
+from tests.daemon_helpers import DaemonProcess, ctl, wait_for
+from tests.emulator_fixture import RunningEmulator
+
+# The fixtures, by name (a function argument shadowing an import would read as a mistake).
+pg_database, pg_dsn = pg_helpers.pg_database, pg_helpers.pg_dsn
+
+pytestmark = pytest.mark.slow
+
+JOB = "kind: quota\nproduct: p\nenv: dev\ntag: t\nconcurrency: allow\n"
+
+
+def start_replicas(
+    tmp_path: Path, emulator: RunningEmulator, dsn: str, jobs: str, count: int = 3
+) -> list[DaemonProcess]:
+    replicas = []
+    for i in range(count):
+        home = tmp_path / f"r{i}"
+        home.mkdir()
+        env = {"DUCTAPE_RUNNER_STATE": dsn, "DUCTAPE_RUNNER_REPLICA_ID": f"r{i}"}
+        process = DaemonProcess(home, emulator, env=env)
+        process.write_job("jobs.yaml", jobs)
+        replicas.append(process)
+    for process in replicas:
+        process.start()
+    for process in replicas:
+        wait_for(lambda p=process: p.events("daemon.started"), timeout=20)
+    return replicas
+
+
+def calls_of(emulator: RunningEmulator, job: str) -> Counter[str]:
+    prefix = f"ductape-runner:{job}:"
+    return Counter(
+        c["idempotency_key"] for c in emulator.calls() if c["idempotency_key"].startswith(prefix)
+    )
+
+
+def test_triggers_on_any_replica_each_run_exactly_once_in_the_cluster(
+    tmp_path: Path, emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    jobs = f"name: yearly\n{JOB}schedule: {{cron: '0 0 1 1 *'}}\n"
+    replicas = start_replicas(tmp_path, emulator, pg_dsn, jobs)
+    try:
+        for i in range(12):
+            assert ctl(replicas[i % 3], "trigger", "yearly").returncode == 0
+        wait_for(lambda: len(calls_of(emulator, "yearly")) >= 12, timeout=15)
+        time.sleep(1.0)  # a second run of any of them would have arrived by now
+    finally:
+        for r in replicas:
+            r.stop()
+    called = calls_of(emulator, "yearly")
+    assert len(called) == 12 and set(called.values()) == {1}, called
+    finished = [e for r in replicas for e in r.events("run.finished")]
+    assert len(finished) == 12 and {e["trigger"] for e in finished} == {"manual"}
+
+
+def test_a_pause_on_one_replica_stops_the_job_on_all_within_a_second_and_resume_restarts_it(
+    tmp_path: Path, emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    start_ms = (int(time.time()) + 2) * 1000
+    jobs = f"name: ticker\n{JOB}schedule: {{every: 1s, start_at: {start_ms}}}\n"
+    replicas = start_replicas(tmp_path, emulator, pg_dsn, jobs)
+    try:
+        wait_for(lambda: len(calls_of(emulator, "ticker")) >= 3, timeout=20)
+        assert ctl(replicas[0], "pause", "ticker").returncode == 0
+        paused_at = time.time()
+        for other in replicas[1:]:  # told, not polled: well within the keeper's 10 s
+            wait_for(lambda o=other: o.events("job.paused"), timeout=1.0)
+        time.sleep(2.5)
+        late = [k for k in calls_of(emulator, "ticker") if _instant(k) > paused_at + 1.0]
+        assert late == []  # nothing scheduled a second after the pause ran anywhere
+        assert ctl(replicas[1], "resume", "ticker").returncode == 0
+        resumed_at = time.time()
+        wait_for(lambda: any(_instant(k) > resumed_at for k in calls_of(emulator, "ticker")), 5)
+    finally:
+        for r in replicas:
+            r.stop()
+    called = calls_of(emulator, "ticker")
+    assert set(called.values()) == {1}, called  # each instant once in the cluster
+    resumed = [e for e in replicas[0].events("job.resumed") if e.get("by") == "replica"]
+    assert resumed, "the resume on r1 did not reach r0"
+
+
+def _instant(key: str) -> float:
+    return int(key.rsplit(":", 1)[1]) / 1000
