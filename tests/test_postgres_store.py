@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog.testing
 
 from runner.store import JobRecord, Occurrence, SharedJob
 from runner.store.postgres import MIGRATIONS, PostgresStore, StoreUnavailable, migrate
@@ -196,6 +197,7 @@ async def test_a_second_sighting_with_another_phase_loses_and_adopts_the_first(
         late = occurrence(T0 + 700)
         b.plan(late, record(anchor_ms=T0 + 700))
         assert not await b.claimed(late)
+        await flush(b)  # its job row is written after the claim, in the same tick
         replica_b: Any = b.replica
         assert [s.anchor_ms for s in replica_b.shared_jobs][:1] == [T0]
     finally:
@@ -322,5 +324,25 @@ async def test_manual_runs_are_outside_limit_in_the_shared_count(pg_dsn: str) ->
         store.plan(scheduled, record(), limit=1)  # the manual run took none of the limit
         assert await store.claimed(scheduled)
         assert rows(pg_dsn, "SELECT execution_count FROM jobs WHERE name = 'j'") == [(0,)]
+    finally:
+        await store.aclose()
+
+
+async def test_prune_deletes_finished_occurrences_and_says_how_many(pg_dsn: str) -> None:
+    store = await replica(pg_dsn, "pruner")
+    try:
+        store.save_job(record())
+        done, still_open = occurrence(T0), occurrence(T0 + 2)
+        for occ in (done, still_open):
+            store.plan(occ, record())
+            assert await store.claimed(occ)
+        done.state, done.attempts, done.finished_ms = "succeeded", 1, T0 + 1
+        store.finish(done, record())
+        await flush(store)
+        with structlog.testing.capture_logs() as logs:
+            store.prune(T0 + 10)
+            await flush(store)
+        assert [e["occurrences"] for e in logs if e["event"] == "history.pruned"] == [1]
+        assert rows(pg_dsn, "SELECT scheduled_ms FROM occurrences") == [(T0 + 2,)]
     finally:
         await store.aclose()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import structlog
 
 from runner.store import OPEN_STATES, JobRecord, Occurrence, Replica
 from runner.store.postgres.batch_sql import CHANNEL, HAND_BACK
@@ -24,6 +25,8 @@ from runner.store.postgres.schema import (
 )
 from runner.store.postgres.writer import _Verdict
 from runner.timing.clock import Clock
+
+log = structlog.get_logger("runner.store")
 
 
 class PostgresStore(_Claims):
@@ -215,12 +218,20 @@ class PostgresStore(_Claims):
         return [Occurrence(*row) for row in rows]
 
     def prune(self, before_ms: int) -> int:
-        """Queued; every replica prunes the same rows, harmlessly. Returns 0 (not counted)."""
+        """Queued: returns 0, and the writer logs `history.pruned` with what it deleted
+        (every replica prunes; whichever comes first deletes the rows)."""
         sql = (
             f"DELETE FROM occurrences WHERE finished_ms IS NOT NULL AND finished_ms < %s "
             f"AND NOT {_OPEN}"
         )
-        self._queue.put_nowait(_Write(lambda conn: conn.execute(sql, (before_ms,))))
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> int:
+            deleted = (await conn.execute(sql, (before_ms,))).rowcount
+            if deleted:
+                log.info("history.pruned", occurrences=deleted, replica=self.replica_id)
+            return deleted
+
+        self._queue.put_nowait(_Write(work))
         return 0
 
     def set_paused(self, name: str, paused: bool) -> None:
