@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from tests import pg_helpers
@@ -22,14 +24,18 @@ JOB = "kind: quota\nproduct: p\nenv: dev\ntag: t\nconcurrency: allow\n"
 
 
 def start_replicas(
-    tmp_path: Path, emulator: RunningEmulator, dsn: str, jobs: str, count: int = 3
+    tmp_path: Path,
+    emulator: RunningEmulator,
+    dsn: str,
+    jobs: str,
+    env: dict[str, str] | None = None,
 ) -> list[DaemonProcess]:
     replicas = []
-    for i in range(count):
+    for i in range(3):
         home = tmp_path / f"r{i}"
         home.mkdir()
-        env = {"DUCTAPE_RUNNER_STATE": dsn, "DUCTAPE_RUNNER_REPLICA_ID": f"r{i}"}
-        process = DaemonProcess(home, emulator, env=env)
+        own = {"DUCTAPE_RUNNER_STATE": dsn, "DUCTAPE_RUNNER_REPLICA_ID": f"r{i}", **(env or {})}
+        process = DaemonProcess(home, emulator, env=own)
         process.write_job("jobs.yaml", jobs)
         replicas.append(process)
     for process in replicas:
@@ -39,8 +45,26 @@ def start_replicas(
     return replicas
 
 
-def calls_of(emulator: RunningEmulator, job: str) -> Counter[str]:
-    prefix = f"ductape-runner:{job}:"
+def pg_query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _held_mid_burst(dsn: str) -> dict[str, int] | None:
+    """Open occurrences per owner, once some replica holds 50 (calls are in flight)."""
+    held: dict[str, int] = dict(
+        pg_query(
+            dsn,
+            "SELECT owner, count(*) FROM occurrences WHERE owner <> '' "
+            "AND state IN ('planned', 'running') GROUP BY owner",
+        )
+    )
+    return held if max(held.values(), default=0) >= 50 else None
+
+
+def calls_of(emulator: RunningEmulator, job: str | None = None) -> Counter[str]:
+    """Calls per idempotency key, of one job or of all."""
+    prefix = "ductape-runner:" if job is None else f"ductape-runner:{job}:"
     return Counter(
         c["idempotency_key"] for c in emulator.calls() if c["idempotency_key"].startswith(prefix)
     )
@@ -94,3 +118,37 @@ def test_a_pause_on_one_replica_stops_the_job_on_all_within_a_second_and_resume_
 
 def _instant(key: str) -> float:
     return int(key.rsplit(":", 1)[1]) / 1000
+
+
+def test_a_burst_of_2000_survives_a_replica_killed_mid_burst(
+    tmp_path: Path, emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    count = 2000
+    start_ms = (int(time.time()) + 12) * 1000
+    docs = [f"name: b{i:04d}\n{JOB}schedule: {{start_at: {start_ms}}}\n" for i in range(count)]
+    replicas = start_replicas(
+        tmp_path, emulator, pg_dsn, "---\n".join(docs), env={"DUCTAPE_RUNNER_LEASE_S": "3"}
+    )
+    emulator.fault(delay_ms=100, count=1_000_000)  # calls in flight when the kill lands
+    try:
+        time.sleep(max(start_ms / 1000 - time.time(), 0))
+        held = wait_for(lambda: _held_mid_burst(pg_dsn), timeout=10)
+        victim = max(replicas, key=lambda r: held.get(r.tmp_path.name, 0))
+        victim.kill()
+        wait_for(lambda: len(calls_of(emulator)) >= count, timeout=30)
+    finally:
+        for r in replicas:
+            r.stop()
+    called = calls_of(emulator)
+    assert len(called) == count
+    twice = {key for key, n in called.items() if n > 1}
+    survivors = [r for r in replicas if r is not victim]
+    taken = {e["idempotency_key"] for r in survivors for e in r.events("run.taken_over")}
+    # Only keys the killed replica held (and may have called) were called again.
+    assert twice <= taken, sorted(twice - taken)[:10]
+    [(succeeded, counted)] = pg_query(
+        pg_dsn,
+        "SELECT (SELECT count(*) FROM occurrences WHERE state = 'succeeded'), "
+        "(SELECT sum(execution_count) FROM jobs)",
+    )
+    assert succeeded == counted == count

@@ -315,7 +315,7 @@ class Dispatch:
                 assert self.claims is not None
                 self.claims.released(occ)  # gone from our folder
                 continue
-            if entry.runs.run_holding(occ.scheduled_ms) is not None:
+            if self._won_here(entry, occ.scheduled_ms):
                 continue  # our own run still has it (its finish is written under the new token)
             (log.warning if taken_over else log.info)(
                 "run.taken_over" if taken_over else "run.claimed",
@@ -330,6 +330,15 @@ class Dispatch:
             entry = self.entries[name]
             entry.runs.pending += sum(occ.trigger != "manual" for occ in occs)
             self._enqueue(entry, occs)
+
+    def _won_here(self, entry: Entry, scheduled_ms: int) -> bool:
+        """A run of ours holds this occurrence and won its claim. One still waiting for
+        the verdict (or about to learn it lost) does not count: it drops the occurrence,
+        so skipping it here would leave it leased and run by nobody."""
+        run = entry.runs.run_holding(scheduled_ms)
+        return run is not None and any(
+            item.won and item.occ.scheduled_ms == scheduled_ms for item in run.queue
+        )
 
     def lease_lost(self, job: str, scheduled_ms: int) -> None:
         """No new attempt of that occurrence's run here; other runs of the job go on."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -84,6 +85,7 @@ class _Claims(_Writer):
                 known = self.replica.known_jobs() if self.replica is not None else set()
                 taken = await self._db("keeper", functools.partial(self._take_over, known=known))
                 await self._read_news()
+                taken = self._to_waiting_runs(taken)
                 if taken and self.replica is not None:
                     self.replica.adopt(taken)
                 self._recheck()
@@ -172,6 +174,27 @@ class _Claims(_Writer):
             elif lease.fencing in tokens:  # re-owned by another replica meanwhile
                 self.held.pop(key, None)
                 self._lost(key)
+
+    def _to_waiting_runs(self, taken: list[Occurrence]) -> list[Occurrence]:
+        """Taken over while this replica's own run of it still waits for the verdict
+        (it was busy, so it had not learnt the dead replica's claim): that run gets it.
+        Returns the others, for `adopt`."""
+        others = []
+        for occ in taken:
+            key = (occ.job, occ.scheduled_ms)
+            if key not in self._waiting:
+                others.append(occ)
+                continue
+            log.warning(
+                "run.taken_over",
+                job=occ.job,
+                scheduled_at=datetime.fromtimestamp(occ.scheduled_ms / 1000, UTC).isoformat(),
+                trigger=occ.trigger,
+                attempts=occ.attempts,
+                idempotency_key=occ.idempotency_key,
+            )
+            self._settle(key, True)
+        return others
 
     async def _take_over(
         self, conn: psycopg.AsyncConnection[Any], *, known: set[str], mine: bool = False
