@@ -105,14 +105,17 @@ PLAN = f"""
     FROM c LEFT JOIN verdict v ON v.job = c.job AND v.scheduled_ms = c.scheduled_ms
 """
 
-# Claim up to `demand` unowned occurrences of jobs this replica has, oldest first:
+# Claim up to `demand` unowned occurrences of jobs this replica has (`known`: their
+# names, space-separated, which no name contains: one string, not thousands to
+# encode at every claim), oldest first:
 # those it planned at once, another replica's once that one had `spill` seconds to
 # claim them itself (`lease_until` of an unowned row). Rows another replica is claiming
 # at this moment are skipped, not waited for.
 DRAIN = f"""
     WITH picked AS MATERIALIZED (
         SELECT u.job, u.scheduled_ms FROM occurrences u LEFT JOIN jobs j ON j.name = u.job
-        WHERE u.owner = '' AND u.state = 'planned' AND u.job = ANY(%(known)s)
+        WHERE u.owner = '' AND u.state = 'planned'
+            AND u.job = ANY(string_to_array(%(known)s, ' '))
             AND (u.planner = %(me)s OR u.lease_until IS NULL OR u.lease_until < now())
             AND (u.trigger = 'manual' OR NOT COALESCE(j.paused, false))
         ORDER BY u.scheduled_ms LIMIT %(demand)s

@@ -97,6 +97,7 @@ class PostgresStore(_Claims):
         self._poked = False
         self._rows = asyncio.Lock()
         self._stale: set[str] = set()
+        self._known: tuple[set[str], str] = (set(), "")
         self._news = asyncio.Event()
 
     # ---- start and stop ----------------------------------------------------------------

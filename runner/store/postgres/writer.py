@@ -92,6 +92,7 @@ class _Writer(_Connections):
     _unclaimed: bool  # unowned occurrences may be there for us to claim
     _poked: bool
     _rows: asyncio.Lock  # our leased rows: the keeper's renewal never interleaves with writes
+    _known: tuple[set[str], str]  # the job names last passed to DRAIN, and joined
 
     async def _write_forever(self) -> None:
         while True:
@@ -238,7 +239,7 @@ class _Writer(_Connections):
             return  # the keeper reconnects, then looks again (`_recheck`)
         room = self.claim_limit - len(self.held)
         if self._unclaimed and room > 0:
-            known = sorted(self.replica.known_jobs())
+            known = self._known_names(self.replica.known_jobs())
             claimed = await self._land(lambda conn, _: self._drain(conn, known, room), [None])
             if claimed is not None and len(claimed) < room:
                 self._unclaimed = False  # all there was: what we still wait for is elsewhere
@@ -248,8 +249,15 @@ class _Writer(_Connections):
         if self.available and not self._unclaimed and waiting:
             await self._land(self._resolve, [None])
 
+    def _known_names(self, known: set[str]) -> str:
+        """The job names for `DRAIN`, joined once per change of the job set (profiled:
+        encoding 2,000 names at every claim was a fifth of a replica's time in a burst)."""
+        if known != self._known[0]:
+            self._known = (known, " ".join(sorted(known)))
+        return self._known[1]
+
     async def _drain(
-        self, conn: psycopg.AsyncConnection[Any], known: list[str], room: int
+        self, conn: psycopg.AsyncConnection[Any], known: str, room: int
     ) -> list[Occurrence]:
         sent = self.clock.monotonic()
         params = {"me": self.replica_id, "known": known, "demand": room, "lease": self.lease_s}
