@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -346,3 +349,32 @@ async def test_prune_deletes_finished_occurrences_and_says_how_many(pg_dsn: str)
         assert rows(pg_dsn, "SELECT scheduled_ms FROM occurrences") == [(T0 + 2,)]
     finally:
         await store.aclose()
+
+
+async def test_next_and_plan_read_the_shared_state_given_a_dsn(pg_dsn: str, tmp_path: Any) -> None:
+    anchor = T0 + 17 * 60_000  # first seen at 08:17: an hourly `every` fires at :17
+    store = await replica(pg_dsn, "a")
+    try:
+        store.save_job(JobRecord("hourly", "d", "s", anchor, anchor, path="jobs.d/h.yaml"))
+        await flush(store)
+    finally:
+        await store.aclose()
+    jobs = tmp_path / "jobs.d"
+    jobs.mkdir()
+    (jobs / "h.yaml").write_text("name: hourly\nkind: quota\ntag: t\nschedule: {every: 1h}\n")
+    (jobs / "new.yaml").write_text("name: fresh\nkind: quota\ntag: t\nschedule: {every: 1h}\n")
+    folder = ("--jobs-dir", str(jobs), "--state", pg_dsn)
+    after = ("--after", "2027-01-15T09:00:00Z")
+    nxt = await _cli("next", *folder, "hourly", "-n", "2", *after, "--json")
+    assert json.loads(nxt.stdout) == ["2027-01-15T09:17:00+00:00", "2027-01-15T10:17:00+00:00"]
+    plan = await _cli("plan", *folder)
+    # The replicas hold `hourly` (another definition): an update, not an addition.
+    assert "1 to add, 1 to update, 0 to remove" in plan.stdout, plan.stdout
+    assert "~ update  hourly" in plan.stdout and "+ add     fresh" in plan.stdout
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "runner", *args]
+    proc = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc

@@ -10,16 +10,24 @@ from runner.settings import Settings
 
 
 def current_from_state(state: str) -> tuple[dict[str, str], dict[str, str]]:
-    """The schedule the daemon holds (name -> digest, name -> path), read from its state file."""
-    if not Path(state).is_file():
-        return {}, {}
-    from runner.store.sqlite import SqliteStore
+    """The schedule the daemon holds (name -> digest, name -> path), read from its state
+    file, or with a postgresql:// DSN from the state the replicas share."""
+    from runner.store.postgres import is_dsn
 
-    store = SqliteStore(state)
-    try:
-        records = [r for r in store.load_jobs().values() if r.removed_ms is None]
-    finally:
-        store.close()
+    if is_dsn(state):
+        from runner.store.postgres.readonly import read_jobs
+
+        records = [r for r in read_jobs(state).values() if r.removed_ms is None]
+    elif not Path(state).is_file():
+        return {}, {}
+    else:
+        from runner.store.sqlite import SqliteStore
+
+        store = SqliteStore(state)
+        try:
+            records = [r for r in store.load_jobs().values() if r.removed_ms is None]
+        finally:
+            store.close()
     return {r.name: r.definition_hash for r in records}, {r.name: r.path for r in records}
 
 
