@@ -3,8 +3,10 @@ pause or resume on one replica reaches the others within a second (LISTEN/NOTIFY
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +154,35 @@ def test_a_burst_of_2000_survives_a_replica_killed_mid_burst(
         "(SELECT sum(execution_count) FROM jobs)",
     )
     assert succeeded == counted == count
+
+
+def test_a_forbid_job_never_overlaps_across_replicas(
+    tmp_path: Path, emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    start_ms = (int(time.time()) + 3) * 1000
+    jobs = (
+        "name: slow\nkind: quota\nproduct: p\nenv: dev\ntag: t\nconcurrency: forbid\n"
+        f"schedule: {{every: 1s, start_at: {start_ms}}}\n"
+    )
+    emulator.fault(delay_ms=2500, count=1_000_000)  # each run outlasts two fire times
+    replicas = start_replicas(tmp_path, emulator, pg_dsn, jobs)
+    try:
+        wait_for(lambda: len([e for r in replicas for e in r.events("run.finished")]) >= 3, 30)
+    finally:
+        for r in replicas:
+            r.stop()
+    runs = sorted(
+        (_started(e), _started(e) + e["duration_ms"] / 1000, r.tmp_path.name)
+        for r in replicas
+        for e in r.events("run.finished")
+        if e["outcome"] == "succeeded"
+    )
+    for (_, end, who), (start, _, next_who) in itertools.pairwise(runs):
+        assert start >= end - 0.05, (who, next_who, runs)  # 50 ms: log timestamps' slack
+    skipped = [e for r in replicas for e in r.events("run.skipped")]
+    assert any("on a replica" in e["reason"] for e in skipped), skipped
+
+
+def _started(event: dict[str, Any]) -> float:
+    scheduled = datetime.fromisoformat(event["scheduled_at"]).timestamp()
+    return scheduled + (event["lateness_ms"] or 0) / 1000

@@ -107,7 +107,7 @@ class Dispatch:
                 run.control.halt("replaced")
                 if run.task is not None:
                     run.task.cancel()
-        occ = self._plan(entry, scheduled_ms, trigger)
+        occ = self._plan(entry, scheduled_ms, trigger, forbid=policy == "forbid")
         if occ is not None:
             self._spawn(entry, [self._item(entry, occ)])
         return occ or self._occurrence(entry, scheduled_ms, trigger)
@@ -123,15 +123,20 @@ class Dispatch:
         if planned:
             self._enqueue(entry, planned)
 
-    def _plan(self, entry: Entry, scheduled_ms: int, trigger: str) -> Occurrence | None:
-        """Write the occurrence before anything is called, so a crash never forgets it."""
+    def _plan(
+        self, entry: Entry, scheduled_ms: int, trigger: str, *, forbid: bool = False
+    ) -> Occurrence | None:
+        """Write the occurrence before anything is called, so a crash never forgets it.
+
+        `forbid`: with replicas, the database skips it while a run of the job is open on
+        any replica (this replica's own runs are checked before, by `_start`)."""
         occ = self._occurrence(entry, scheduled_ms, trigger)
         manual = trigger == "manual"
         if not manual:
             entry.record.last_scheduled_ms = max(entry.record.last_scheduled_ms or 0, scheduled_ms)
         entry.record.status = "queued"
         limit = None if manual else entry.job.schedule.limit
-        while not self.store.plan(occ, entry.record, limit=limit):
+        while not self.store.plan(occ, entry.record, limit=limit, forbid=forbid):
             if not (manual or entry.one_shot):
                 log.warning(
                     "run.duplicate", job=entry.job.name, scheduled_at=iso(from_ms(scheduled_ms))
@@ -200,6 +205,18 @@ class Dispatch:
         """Wait for the database's verdict on the claim; False when another replica won."""
         assert self.claims is not None
         if not await self.claims.claimed(item.occ):
+            reason = self.claims.skipped_here(item.occ)
+            if reason is not None:  # recorded skipped by this replica (forbid, cluster-wide)
+                item.occ.state, item.occ.reason = "skipped", reason
+                log.info(
+                    "run.skipped",
+                    job=item.occ.job,
+                    scheduled_at=iso(from_ms(item.occ.scheduled_ms)),
+                    reason=reason,
+                )
+                if self.on_skip is not None:
+                    self.on_skip(item.job)
+                return False
             log.debug(
                 "run.claimed_elsewhere",
                 job=item.occ.job,

@@ -13,6 +13,8 @@ from typing import Any
 from runner.store.postgres.schema import _JOB_COLUMNS, _OCC_COLUMNS, _OPEN, _SHARED_COLUMNS
 
 CHANNEL = "ductape_runner"  # LISTEN/NOTIFY: 'claim <replica>' and 'jobs <replica>'
+_SKIP_SETS = ("state", "reason", "finished_ms")  # what a forbid skip writes instead
+_KEPT = [c for c in _OCC_COLUMNS if c not in _SKIP_SETS]
 
 _TYPES = {
     "bigint": (
@@ -22,7 +24,7 @@ _TYPES = {
         "job_finished next_fire"
     ),
     "integer": "retry_count attempts",
-    "boolean": "paused chk leased ran counted",
+    "boolean": "paused chk leased ran counted forbid",
 }
 _TYPE_OF = {column: kind for kind, columns in _TYPES.items() for column in columns.split()}
 
@@ -60,18 +62,21 @@ SAVE_JOBS = f"""
     RETURNING {", ".join(_SHARED_COLUMNS)}
 """
 
-PLAN_COLUMNS = [*_OCC_COLUMNS, "chk", "definition", "anchor", "lim", "leased"]
+PLAN_COLUMNS = [*_OCC_COLUMNS, "chk", "definition", "anchor", "lim", "leased", "forbid"]
+FORBID_REASON = "previous run still running on a replica (concurrency forbid)"
 # Plans: insert-if-absent, unowned ('') when it is to run, owned by us when it is a
 # record (a skip). `ok` is false when the checks refuse it: the job is paused, another
 # first sighting of the same definition is stored, or `limit` is reached counting the
 # runs still open and the earlier candidates of this batch (job rows of limited jobs
 # locked first, in name order). A candidate already present is not counted: it waits,
-# like the inserted ones, for a replica to claim it (DRAIN).
+# like the inserted ones, for a replica to claim it (DRAIN). A `forbid` candidate while
+# another occurrence of its job is open anywhere (planned, claimed or running) is
+# written skipped, by us: the replica that decided says so (`skipped`).
 PLAN = f"""
     WITH c AS (SELECT * FROM {unnest(PLAN_COLUMNS, "c")}),
     locked AS MATERIALIZED (
         SELECT name FROM jobs
-        WHERE name IN (SELECT job FROM c WHERE chk AND lim IS NOT NULL)
+        WHERE name IN (SELECT job FROM c WHERE chk AND (lim IS NOT NULL OR forbid))
         ORDER BY name FOR UPDATE
     ), fresh AS (
         SELECT c.*, row_number() OVER (PARTITION BY c.job, c.chk ORDER BY c.scheduled_ms) AS nth
@@ -85,21 +90,31 @@ PLAN = f"""
                 SELECT count(*) FROM occurrences o
                 WHERE o.job = f.job AND o.{_OPEN} AND o.trigger <> 'manual'
             ) <= f.lim)
-        )) AS ok
+        )) AS ok,
+        f.forbid AND EXISTS (
+            SELECT 1 FROM occurrences o
+            WHERE o.job = f.job AND o.{_OPEN} AND o.scheduled_ms <> f.scheduled_ms
+        ) AS busy
         FROM fresh f LEFT JOIN jobs j ON j.name = f.job
     ), ins AS (
-        INSERT INTO occurrences (
-            {", ".join(_OCC_COLUMNS)}, owner, fencing, lease_until, planner)
-        SELECT {", ".join(_OCC_COLUMNS)},
-            CASE WHEN leased THEN '' ELSE %(me)s END,
-            CASE WHEN leased THEN 0 ELSE nextval('fencing') END,
-            CASE WHEN leased THEN now() + make_interval(secs => %(spill)s) END, %(me)s
+        INSERT INTO occurrences ({", ".join(_KEPT)}, {", ".join(_SKIP_SETS)},
+            owner, fencing, lease_until, planner)
+        SELECT {", ".join(_KEPT)},
+            CASE WHEN busy THEN 'skipped' ELSE state END,
+            CASE WHEN busy THEN %(forbid_reason)s ELSE reason END,
+            CASE WHEN busy THEN created_ms ELSE finished_ms END,
+            CASE WHEN leased AND NOT busy THEN '' ELSE %(me)s END,
+            CASE WHEN leased AND NOT busy THEN 0 ELSE nextval('fencing') END,
+            CASE WHEN leased AND NOT busy THEN now() + make_interval(secs => %(spill)s) END,
+            %(me)s
         FROM verdict WHERE ok AND (SELECT count(*) FROM locked) >= 0
         ORDER BY job, scheduled_ms
         ON CONFLICT (job, scheduled_ms) DO NOTHING
-        RETURNING owner
+        RETURNING job, scheduled_ms, owner, state
     )
     SELECT c.job, c.scheduled_ms, COALESCE(v.ok, true),
+        EXISTS (SELECT 1 FROM ins WHERE ins.job = c.job AND ins.scheduled_ms = c.scheduled_ms
+            AND ins.state = 'skipped' AND c.state <> 'skipped'),
         (SELECT pg_notify('{CHANNEL}', 'claim ' || %(me)s)
          WHERE EXISTS (SELECT 1 FROM ins WHERE owner = ''))
     FROM c LEFT JOIN verdict v ON v.job = c.job AND v.scheduled_ms = c.scheduled_ms

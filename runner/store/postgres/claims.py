@@ -59,6 +59,9 @@ class _Claims(_Writer):
         won: bool = await asyncio.shield(done)
         return won
 
+    def skipped_here(self, occurrence: Occurrence) -> str | None:
+        return self._skips.pop((occurrence.job, occurrence.scheduled_ms), None)
+
     def may_start(self, occurrence: Occurrence) -> bool:
         lease = self.held.get((occurrence.job, occurrence.scheduled_ms))
         if lease is None or not self.available:

@@ -98,6 +98,7 @@ class PostgresStore(_Claims):
         self._rows = asyncio.Lock()
         self._stale: set[str] = set()
         self._known: tuple[set[str], str] = (set(), "")
+        self._skips: dict[tuple[str, int], str] = {}
         self._news = asyncio.Event()
 
     # ---- start and stop ----------------------------------------------------------------
@@ -161,7 +162,14 @@ class PostgresStore(_Claims):
     def save_job(self, record: JobRecord) -> None:
         self._queue.put_nowait(_Write(kind="job", row=_job_row(record)))
 
-    def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
+    def plan(
+        self,
+        occurrence: Occurrence,
+        record: JobRecord,
+        *,
+        limit: int | None = None,
+        forbid: bool = False,
+    ) -> bool:
         """Queue the plan; True at once, the verdict comes through `claimed`."""
         key = (occurrence.job, occurrence.scheduled_ms)
         final = occurrence.state not in OPEN_STATES  # a skipped one: recorded, never run
@@ -170,6 +178,7 @@ class PostgresStore(_Claims):
             *_occ_row(occurrence),
             *(check, record.definition_hash, record.anchor_ms, limit if check else None),
             not final,
+            forbid and check,
         )
         if not final:
             done = asyncio.get_running_loop().create_future()

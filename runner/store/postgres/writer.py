@@ -93,6 +93,7 @@ class _Writer(_Connections):
     _poked: bool
     _rows: asyncio.Lock  # our leased rows: the keeper's renewal never interleaves with writes
     _known: tuple[set[str], str]  # the job names last passed to DRAIN, and joined
+    _skips: dict[Key, str]  # recorded skipped here (forbid) instead of claimed: why
 
     async def _write_forever(self) -> None:
         while True:
@@ -188,13 +189,16 @@ class _Writer(_Connections):
         self, conn: psycopg.AsyncConnection[Any], rows: Sequence[tuple[Any, ...]]
     ) -> None:
         params = sql.arrays(sql.PLAN_COLUMNS, "c", rows)
-        params |= {"me": self.replica_id, "spill": SPILL_S}
+        params |= {"me": self.replica_id, "spill": SPILL_S, "forbid_reason": sql.FORBID_REASON}
         cursor = await conn.execute(sql.PLAN, params)
-        for job, scheduled_ms, ok, _ in await cursor.fetchall():
+        for job, scheduled_ms, ok, skipped, _ in await cursor.fetchall():
             verdict = self._waiting.get((job, scheduled_ms))
             if verdict is None:
                 continue  # a record (skip), or already claimed by this replica
-            if ok:
+            if skipped:  # we decided: forbid, with a run of the job open somewhere
+                self._skips[job, scheduled_ms] = sql.FORBID_REASON
+                self._settle((job, scheduled_ms), False)
+            elif ok:
                 verdict.applied = True
             else:
                 self._settle((job, scheduled_ms), False)  # refused: paused, limit, phase
