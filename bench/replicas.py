@@ -11,7 +11,9 @@ delayed by `--delay-ms` (the emulator's `delay_ms` fault). Each replica runs
 `--in-flight` calls at once (`max_concurrent_runs` and `max_connections`), so one
 replica's bound with the delay is in_flight / delay (640/s for 64 and 100 ms).
 Measured: from the due instant until the emulator has received all N calls (each key
-once), so it includes claiming, the call and the bookkeeping. Each PostgreSQL row uses
+once), so it includes claiming, the call and the bookkeeping; and the CPU seconds the
+replicas and the emulator used meanwhile (against cores x seconds, the machine's
+limit). Each PostgreSQL row uses
 a fresh database, dropped afterwards.
 """
 
@@ -101,8 +103,24 @@ class Case:
     delay_ms: int
 
 
-def run_case(case: Case, state: str, jobs: int, port: int, in_flight: int) -> tuple[float, int]:
-    """Seconds from the due instant to the last call, and keys called more than once."""
+@dataclass
+class Result:
+    """Seconds from the due instant to the last call, keys called more than once, and
+    the CPU seconds the replicas and the emulator used meanwhile."""
+
+    seconds: float
+    twice: int
+    replicas_cpu_s: float
+    emulator_cpu_s: float
+
+
+def cpu_s(pids: list[int]) -> float:
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+def run_case(
+    case: Case, state: str, jobs: int, port: int, in_flight: int, emulator_pid: int
+) -> Result:
     replicas = case.replicas
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     http.delete("/_emulator/calls").raise_for_status()
@@ -121,8 +139,12 @@ def run_case(case: Case, state: str, jobs: int, port: int, in_flight: int) -> tu
             cmd = [sys.executable, "-m", "runner", "run"]
             procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
         try:
+            time.sleep(max(start_ms / 1000 - time.time(), 0))
+            pids = [proc.pid for proc in procs]
+            before = cpu_s(pids), cpu_s([emulator_pid])
             timeout_s = 120 + start_ms / 1000 - time.time()
             done_at, keys = wait_for_calls(http, jobs, timeout_s)
+            after = cpu_s(pids), cpu_s([emulator_pid])
             elapsed = done_at - start_ms / 1000
         finally:
             for proc in procs:
@@ -130,7 +152,8 @@ def run_case(case: Case, state: str, jobs: int, port: int, in_flight: int) -> tu
             for proc in procs:
                 proc.wait(timeout=60)
     http.close()
-    return elapsed, sum(1 for n in keys.values() if n > 1)
+    twice = sum(1 for n in keys.values() if n > 1)
+    return Result(elapsed, twice, after[0] - before[0], after[1] - before[1])
 
 
 def wait_for_calls(http: httpx.Client, jobs: int, timeout_s: float) -> tuple[float, Counter[str]]:
@@ -160,13 +183,14 @@ def drop_database(admin_dsn: str, name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def measure(case: Case, args: argparse.Namespace, port: int) -> tuple[float, int]:
+def measure(case: Case, args: argparse.Namespace, port: int, emulator_pid: int) -> Result:
     if case.state == "SQLite":
         with tempfile.TemporaryDirectory() as tmp:
-            return run_case(case, str(Path(tmp) / "state.sqlite3"), args.jobs, port, args.in_flight)
+            path = str(Path(tmp) / "state.sqlite3")
+            return run_case(case, path, args.jobs, port, args.in_flight, emulator_pid)
     name, dsn = fresh_database(args.dsn)
     try:
-        return run_case(case, dsn, args.jobs, port, args.in_flight)
+        return run_case(case, dsn, args.jobs, port, args.in_flight, emulator_pid)
     finally:
         drop_database(args.dsn, name)
 
@@ -189,9 +213,9 @@ def main() -> None:
     rows = []
     try:
         for case in cases:
-            elapsed, twice = measure(case, args, port)
-            rates[case.state, case.replicas, case.delay_ms] = args.jobs / elapsed
-            rows.append((case, elapsed, twice))
+            result = measure(case, args, port, emulator.pid)
+            rates[case.state, case.replicas, case.delay_ms] = args.jobs / result.seconds
+            rows.append((case, result))
     finally:
         emulator.terminate()
         emulator.wait(timeout=10)
@@ -199,15 +223,18 @@ def main() -> None:
 
 
 def print_table(
-    args: argparse.Namespace, rows: list[tuple[Case, float, int]], rates: dict[Any, float]
+    args: argparse.Namespace, rows: list[tuple[Case, Result]], rates: dict[Any, float]
 ) -> None:
     cores = psutil.cpu_count()
     print(f"machine: {platform.machine()}, {cores} cores, Python {platform.python_version()}")
     print(f"{args.jobs} one-shots due at one instant; {args.in_flight} calls in flight per replica")
-    print("| Ductape delay | state | replicas | seconds | occurrences/s | vs | keys called twice |")
-    print("|---:|---|---:|---:|---:|---|---:|")
-    for case, elapsed, twice in rows:
-        rate = args.jobs / elapsed
+    print(
+        "| Ductape delay | state | replicas | seconds | occurrences/s | vs "
+        "| keys called twice | CPU s: replicas, emulator |"
+    )
+    print("|---:|---|---:|---:|---:|---|---:|---:|")
+    for case, result in rows:
+        rate = args.jobs / result.seconds
         if case.replicas == 3:
             peer = rates["PostgreSQL", 1, case.delay_ms]
             versus = f"{rate / peer:.2f}x one PostgreSQL replica"
@@ -219,8 +246,9 @@ def print_table(
             bound = args.in_flight * 1000 / case.delay_ms
             versus += f"{'; ' if versus else ''}{rate / bound:.0%} of {bound:,.0f}/s bound"
         print(
-            f"| {case.delay_ms} ms | {case.state} | {case.replicas} | {elapsed:.2f} "
-            f"| {rate:,.0f} | {versus} | {twice} |"
+            f"| {case.delay_ms} ms | {case.state} | {case.replicas} | {result.seconds:.2f} "
+            f"| {rate:,.0f} | {versus} | {result.twice} "
+            f"| {result.replicas_cpu_s:.1f}, {result.emulator_cpu_s:.1f} |"
         )
 
 
