@@ -1,20 +1,20 @@
 """Occurrences per second with 1 and 3 replicas on one PostgreSQL database, and one on SQLite.
 
     .venv/bin/python bench/replicas.py [--jobs 2000] [--delay-ms 100] [--in-flight 64]
-        [--dsn postgresql://root@127.0.0.1/postgres]
+        [--repeat 3] [--dsn postgresql://root@127.0.0.1/postgres]
 
 N one-shot jobs all due at the same instant, real `ductape-runner run` processes, one
-emulator process. Every configuration runs in the same invocation, so their ratios
-are comparable on a busy machine: SQLite and PostgreSQL with one replica, then
-PostgreSQL with three, each with Ductape answering at once and with every call
-delayed by `--delay-ms` (the emulator's `delay_ms` fault). Each replica runs
-`--in-flight` calls at once (`max_concurrent_runs` and `max_connections`), so one
-replica's bound with the delay is in_flight / delay (640/s for 64 and 100 ms).
-Measured: from the due instant until the emulator has received all N calls (each key
-once), so it includes claiming, the call and the bookkeeping; and the CPU seconds the
-replicas and the emulator used meanwhile (against cores x seconds, the machine's
-limit). Each PostgreSQL row uses
-a fresh database, dropped afterwards.
+emulator process. Every configuration runs in the same invocation, in rounds (each row
+is the median of `--repeat` rounds), so their ratios are comparable on a busy machine:
+SQLite and PostgreSQL with one replica, then PostgreSQL with three, each with Ductape
+answering at once and with every call delayed by `--delay-ms` (the emulator's
+`delay_ms` fault). Each replica runs `--in-flight` calls at once (`max_concurrent_runs`
+and `max_connections`), so one replica's bound with the delay is in_flight / delay
+(640/s for 64 and 100 ms). Measured: from the due instant until the emulator has
+received all N calls (each key once), so it includes claiming, the call and the
+bookkeeping; and the CPU seconds the replicas and the emulator used meanwhile (against
+cores x seconds, the machine's limit). Each PostgreSQL row uses a fresh database,
+dropped afterwards.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -200,6 +201,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--delay-ms", type=int, default=100)
     parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; each row is the median")
     parser.add_argument("--dsn", default="postgresql://root@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     cases = [
@@ -209,17 +211,27 @@ def main() -> None:
     ]
     port = free_port()
     emulator = start_emulator(port)
-    rates: dict[tuple[str, int, int], float] = {}
-    rows = []
+    results: dict[int, list[Result]] = {i: [] for i in range(len(cases))}
     try:
-        for case in cases:
-            result = measure(case, args, port, emulator.pid)
-            rates[case.state, case.replicas, case.delay_ms] = args.jobs / result.seconds
-            rows.append((case, result))
+        for _ in range(args.repeat):  # rounds, so a busy spell hits every configuration
+            for i, case in enumerate(cases):
+                results[i].append(measure(case, args, port, emulator.pid))
     finally:
         emulator.terminate()
         emulator.wait(timeout=10)
+    rows = [(case, median_result(results[i])) for i, case in enumerate(cases)]
+    rates = {(c.state, c.replicas, c.delay_ms): args.jobs / r.seconds for c, r in rows}
     print_table(args, rows, rates)
+
+
+def median_result(results: list[Result]) -> Result:
+    """The median of each figure (keys called twice: the most in any round)."""
+    return Result(
+        statistics.median(r.seconds for r in results),
+        max(r.twice for r in results),
+        statistics.median(r.replicas_cpu_s for r in results),
+        statistics.median(r.emulator_cpu_s for r in results),
+    )
 
 
 def print_table(
@@ -227,7 +239,10 @@ def print_table(
 ) -> None:
     cores = psutil.cpu_count()
     print(f"machine: {platform.machine()}, {cores} cores, Python {platform.python_version()}")
-    print(f"{args.jobs} one-shots due at one instant; {args.in_flight} calls in flight per replica")
+    print(
+        f"{args.jobs} one-shots due at one instant; {args.in_flight} calls in flight per "
+        f"replica; median of {args.repeat} rounds"
+    )
     print(
         "| Ductape delay | state | replicas | seconds | occurrences/s | vs "
         "| keys called twice | CPU s: replicas, emulator |"
