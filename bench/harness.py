@@ -166,8 +166,11 @@ def write_jobs(folder: Path, instants: list[int]) -> None:
         (folder / f"jobs-{start // JOBS_PER_FILE:04d}.yaml").write_text("\n".join(lines) + "\n")
 
 
-def start_runner(tmp: Path, url: str, profile: Path | None) -> tuple[subprocess.Popen[bytes], Path]:
+def start_runner(
+    tmp: Path, url: str, profile: Path | None, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
     env = {
+        **(extra_env or {}),
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp),
         "DUCTAPE_RUNNER_JOBS_DIR": str(tmp / "jobs.d"),

@@ -80,7 +80,8 @@ class Harness:
         self.executor = executor
         self.store = SqliteStore(tmp_path / "state.sqlite3")
         executor.store = self.store
-        self.scheduler = Scheduler(self.store, executor, clock, max_sleep_s=86_400.0, **kw)  # type: ignore[arg-type]
+        kw.setdefault("max_sleep_s", 86_400.0)
+        self.scheduler = Scheduler(self.store, executor, clock, **kw)  # type: ignore[arg-type]
         self.task: asyncio.Task[None] | None = None
 
     async def start(self, jobs: dict[str, LoadedJob]) -> Harness:

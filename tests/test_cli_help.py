@@ -22,12 +22,14 @@ COMMANDS = [
     "demo",
     "emulator",
     "plan",
+    "diff",
     "status",
     "history",
     "trigger",
     "pause",
     "resume",
     "next",
+    "ui",
     "completion",
 ]
 CONTROL = ("status", "history", "trigger", "pause", "resume")

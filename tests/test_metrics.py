@@ -109,3 +109,34 @@ def test_the_snapshot_is_not_called_between_scrapes() -> None:
     assert calls == []
     metrics.render()
     assert calls == [1]
+
+
+def test_runs_since_success_counts_unsuccessful_runs_until_a_success() -> None:
+    metrics = Metrics(lambda: [])
+    for outcome in ("failed", "skipped", "cancelled", "dry_run"):
+        metrics.run_finished("report", "action", outcome, None)  # type: ignore[arg-type]
+    metrics.run_finished("other", "action", "succeeded", 1.0)
+    since = {s[1]["job"]: s[2] for s in families(metrics)["ductape_runner_runs_since_success"]}
+    assert since == {"report": 3.0, "other": 0.0}
+    metrics.run_finished("report", "action", "succeeded", 1.0)
+    metrics.run_finished("report", "action", "failed", 1.0)
+    since = {s[1]["job"]: s[2] for s in families(metrics)["ductape_runner_runs_since_success"]}
+    assert since == {"report": 1.0, "other": 0.0}
+
+
+def test_health_and_readiness_are_asked_at_scrape_time() -> None:
+    answers = {"healthy": (True, "ok"), "ready": (False, "folder missing")}
+
+    def broken() -> tuple[bool, str]:
+        raise RuntimeError("boom")
+
+    metrics = Metrics(lambda: [])
+    metrics.watch_probes(lambda: answers["healthy"], lambda: answers["ready"])
+    got = families(metrics)
+    assert (got["ductape_runner_healthy"][0][2], got["ductape_runner_ready"][0][2]) == (1.0, 0.0)
+    answers["healthy"], answers["ready"] = (False, "store away"), (True, "3 jobs")
+    got = families(metrics)
+    assert (got["ductape_runner_healthy"][0][2], got["ductape_runner_ready"][0][2]) == (0.0, 1.0)
+    failing = Metrics(lambda: [])
+    failing.watch_probes(broken, broken)
+    assert families(failing)["ductape_runner_healthy"][0][2] == 0.0

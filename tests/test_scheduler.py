@@ -320,35 +320,6 @@ async def test_manual_trigger_runs_now_with_its_own_key(tmp_path: Path, clock: F
     await h.stop()
 
 
-async def test_a_forward_clock_jump_applies_catchup_instead_of_a_burst(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    ex = FakeExecutor(clock)
-    h = await Harness(tmp_path, clock, ex).start(
-        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {every: 1m}\n")
-    )
-    await clock.advance(30)
-    clock.jump_wall(timedelta(hours=1))  # suspend/resume or an NTP step
-    await clock.advance(31)
-    # One catch-up run for the latest missed minute, not sixty.
-    assert ex.times("j") == iso("2026-03-01T00:00:00Z", "2026-03-01T01:01:00Z")
-    await h.stop()
-
-
-async def test_a_backward_clock_jump_does_not_rerun_occurrences(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    ex = FakeExecutor(clock)
-    h = await Harness(tmp_path, clock, ex).start(
-        jobs_from(tmp_path, "name: j\nkind: quota\ntag: t\nschedule: {every: 1m}\n")
-    )
-    await clock.advance(150)  # ran 00:00, 00:01, 00:02
-    clock.jump_wall(timedelta(minutes=-2))
-    await clock.advance(150)
-    assert ex.times("j") == iso(*(f"2026-03-01T00:0{m}:00Z" for m in range(4)))
-    await h.stop()
-
-
 async def test_jitter_delays_but_never_past_the_next_occurrence(
     tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -376,7 +347,7 @@ async def test_a_bug_in_a_run_fails_that_occurrence_instead_of_stranding_it(
     )
     await clock.advance(61)
     states = [(o.state, o.last_error) for o in h.store.history("j")]
-    assert states == [("failed", "internal error: KeyError: 'boom'")] * 2
+    assert states == [("failed", "internal error: KeyError (see the daemon's log)")] * 2
     assert h.store.load_jobs()["j"].execution_count == 2
     await h.stop()
 

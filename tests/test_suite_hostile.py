@@ -1,6 +1,6 @@
 """Hostile-input suite: bad files, odd files, many files and a file that never stops changing;
 then a hostile environment: a full disk, a deleted, truncated, foreign or read-only state
-file, and other local users at the control API (issue 13).
+file, other local users at the control API, and wall-clock steps (issue 13).
 
 CI size: 3,000 files and a 3 s rewrite storm. Full size (100,000 files, 10 s storm):
 
@@ -42,6 +42,7 @@ from tests.suite_helpers import (  # noqa: F401 (quiet_emulator_log: an autouse 
     quiet_emulator_log,
     size,
 )
+from tests.tool_helpers import require_faketime
 
 CORPUS = Path(__file__).parent / "corpus" / "invalid"
 HEARTBEAT = QUOTA + "schedule: {every: 1s}\n"
@@ -731,3 +732,121 @@ def on_terminal(d: SuiteDaemon, *args: str) -> str:
     os.close(main)
     assert proc.returncode == 0, args
     return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+# ---------------------------------------------------------------- the wall clock (item 14)
+
+
+def step_wall(offset_file: Path, seconds: int) -> None:
+    """Move the daemon's wall clock (libfaketime re-reads the file on every call)."""
+    offset_file.write_text(f"{seconds:+d}\n")
+
+
+def test_wall_clock_steps_back_and_forward_keep_an_every_job_running_without_a_burst(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    library = require_faketime()
+    offset = tmp_path / "faketime.rc"
+    step_wall(offset, 0)
+    d = SuiteDaemon(
+        tmp_path,
+        emulator,
+        env={
+            "LD_PRELOAD": library,
+            "FAKETIME_TIMESTAMP_FILE": str(offset),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # only the wall clock steps
+        },
+    )
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    d.start()
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 3)
+        step_wall(offset, -3600)  # an hour back: every-jobs used to stop for the hour
+        before = heartbeats(emulator)
+        wait_for(lambda: heartbeats(emulator) >= before + 3, timeout=6.0)
+        back = d.events("clock.jump")[0]
+        assert back["direction"] == "backward" and back["elapsed_jobs"] == 1
+        step_wall(offset, 0)  # and forward again: no burst of "missed" seconds
+        wait_for(lambda: len(d.events("clock.jump")) == 2, timeout=5.0)
+        before = heartbeats(emulator)
+        time.sleep(3.0)
+        assert 1 <= heartbeats(emulator) - before <= 5, "a burst or a stop after the step"
+        keys = [c["idempotency_key"] for c in emulator.calls()]
+        assert len(keys) == len(set(keys)), "an instant ran twice under one key"
+        assert d.alive()
+    finally:
+        d.stop()
+
+
+# ---------------------------------------------------------------- the door (item 8)
+
+
+def open_idle(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that never send a byte, as a slowloris client holds them."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        held.append(sock)
+    return held
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_a_flood_of_idle_connections_neither_starves_runs_of_descriptors_nor_floods_the_log(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    port = free_port()
+    d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_CONTROL_TCP": f"127.0.0.1:{port}"})
+    d.prefix = ("prlimit", "--nofile=256:256", "--")  # a small budget makes exhaustion quick
+    d.write_job("heartbeat.yaml", HEARTBEAT)
+    d.start()
+    held: list[socket.socket] = []
+    try:
+        wait_for(lambda: heartbeats(emulator) >= 2)
+        held = open_idle(port, 400)  # more than the daemon has descriptors
+        before = heartbeats(emulator)
+        wait_for(lambda: heartbeats(emulator) >= before + 3, timeout=6.0)
+        assert probe(d, "/healthz").status_code == 200  # the unix socket has its own bound
+        assert not d.events("run.failed"), "runs failed while the door was flooded"
+        # Past the bound, connections are closed at once; the rest once their request
+        # deadline (10 s) passes without a request.
+        assert sum(closed_by_server(s) for s in held) >= 400 - 128
+        wait_for(lambda: all(closed_by_server(s) for s in held), timeout=15.0, every=0.5)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as anyone:
+            assert anyone.get("/healthz").status_code == 200
+        closed = d.events("control.connections_closed")
+        assert 1 <= len(closed) <= 3, "the refusals were logged per connection"
+        assert len(d.output()) < 200_000
+    finally:
+        for sock in held:
+            sock.close()
+        d.stop()
+
+
+def test_a_request_sent_too_slowly_is_cut_off_and_the_daemon_answers_others(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    port = free_port()
+    d = SuiteDaemon(tmp_path, emulator, env={"DUCTAPE_RUNNER_CONTROL_TCP": f"127.0.0.1:{port}"})
+    d.write_job("far.yaml", FAR)
+    d.start()
+    try:
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        started = time.monotonic()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as anyone:
+            assert anyone.get("/healthz").status_code == 200
+        wait_for(lambda: closed_by_server(slow), timeout=15.0, every=0.5)
+        assert time.monotonic() - started >= 9.0, "cut off before its deadline"
+        slow.close()
+    finally:
+        d.stop()

@@ -1,4 +1,4 @@
-"""System programs some tests drive (Debian's chromium, promtool): found on PATH or skipped.
+"""System programs some tests drive (Debian's chromium, promtool, libfaketime): found or skipped.
 
 `scripts/test-tools` installs them where it can; a test that needs one skips with the reason
 when it is missing, unless RUNNER_REQUIRE_TOOLS=1 (CI), where it fails.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,19 @@ def require_tool(name: str, package: str | None = None) -> str:
     reason = (
         f"{name} is not installed (Debian package {package or name}; "
         "scripts/test-tools installs it as root)"
+    )
+    if REQUIRED:
+        pytest.fail(f"RUNNER_REQUIRE_TOOLS=1 but {reason}")
+    pytest.skip(reason)
+
+
+def require_faketime() -> str:
+    """The path of libfaketime (Debian package faketime), or skip/fail as require_tool does."""
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    if found:
+        return str(found[0])
+    reason = (
+        "libfaketime is not installed (Debian package faketime; scripts/test-tools installs it)"
     )
     if REQUIRED:
         pytest.fail(f"RUNNER_REQUIRE_TOOLS=1 but {reason}")

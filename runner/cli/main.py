@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     _folder(plan)
     plan.set_defaults(handler=cmd_plan)
 
+    from runner.cli.diffcmd import add_parser as add_diff
+
+    add_diff(sub, _config)
+
     for name, text in CONTROL_COMMANDS:
         ctl = sub.add_parser(name, help=text)
         _control(ctl)
@@ -144,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--limit", type=_positive, default=20, metavar="N", help="how many (default 20)"
             )
         ctl.set_defaults(handler=cmd_ctl, ctl_command=name)
+
+    ui = sub.add_parser("ui", help="print the login URL of the running daemon's web dashboard")
+    _config(ui)
+    _paths(ui.add_argument(
+        "--socket", metavar="PATH", help="control socket (default: the daemon's, as configured)"
+    ))  # fmt: skip
+    ui.set_defaults(handler=cmd_ui)
 
     nxt = sub.add_parser("next", help="show a job's next fire times, as the daemon computes them")
     _folder(nxt)
@@ -308,15 +319,25 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.cli.uicmd import print_login_url
+    from runner.settings import control_socket_path
+
+    socket = args.socket or control_socket_path(settings, dict(os.environ), client=True)
+    configured = settings.control_token
+    return print_login_url(socket, configured.get_secret_value() if configured else None)
+
+
 def cmd_next(args: argparse.Namespace, settings: Settings) -> int:
     from runner.cli.nextcmd import NextError, upcoming
+    from runner.cli.visible import visible
 
     try:
         lines = upcoming(args.job, settings, n=args.n, after=args.after, as_json=args.json)
     except NextError as exc:
-        print(f"ductape-runner next: {exc}", file=sys.stderr)
+        print(f"ductape-runner next: {visible(str(exc))}", file=sys.stderr)
         return 1
-    print("\n".join(lines))
+    print("\n".join(lines) if args.json else visible("\n".join(lines), keep="\n"))
     return 0
 
 

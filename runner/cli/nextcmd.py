@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from runner.daemon.decisions import from_ms, recurrence_of, to_ms
+from runner.daemon.decisions import from_ms, to_ms
+from runner.daemon.outlook import Progress, next_fires
 from runner.errors import RunnerError
 from runner.jobs.durations import parse_timestamp
 from runner.jobs.loader import Defaults, Limits, LoadedJob, load_file, load_folder
 from runner.settings import Settings
 from runner.store import JobRecord
-from runner.timing.firetimes import fire_times
 
 
 class NextError(RunnerError):
@@ -67,12 +67,8 @@ def upcoming(
     now = datetime.now(UTC)
     start = now if after is None else _instant(after, zone)
     record = _remembered(job.name, settings.state)
-    anchor_ms = record.anchor_ms if record else to_ms(start)
-    executed = record.execution_count if record else 0
-    since = start
-    if record is None and not job.schedule.recurring:
-        since = min(start, job.schedule.start_at or start) - timedelta(milliseconds=1)
-    times = fire_times(recurrence_of(job, anchor_ms), since, max(n, 0), executed)
+    progress = Progress(record.anchor_ms, record.execution_count) if record else None
+    times = next_fires(job, start, n, progress)
     local = [t.astimezone(zone) for t in times]
     if as_json:
         return [json.dumps([t.isoformat() for t in local])]

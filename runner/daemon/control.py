@@ -12,7 +12,7 @@ and the loopback rule are runner.daemon.control_server.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from runner.daemon.control_server import ControlAccess
 from runner.daemon.control_server import ControlServer as ControlServer  # re-exported
@@ -29,6 +29,7 @@ from runner.daemon.control_server import ControlSocketError as ControlSocketErro
 from runner.daemon.control_server import parse_tcp as parse_tcp  # re-exported
 from runner.daemon.control_server import serve_control as serve_control  # re-exported
 from runner.daemon.metrics import CONTENT_TYPE, Metrics
+from runner.daemon.rendered import Rendered, json_body
 from runner.jobs.model import Job
 from runner.jobs.secrets import SecretRegistry, redact
 from runner.store import JobRecord, Occurrence
@@ -172,10 +173,12 @@ def build_control_app(
     *,
     secrets: SecretRegistry | None = None,
     token: str | None = None,
+    ui: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The ASGI app; `secrets` adds a last redaction pass over every JSON body; `token`
     is what TCP clients must send as `Authorization: Bearer` (None: TCP gets the probes
-    and metrics only)."""
+    and metrics only); `ui` are the dashboard's routes (runner.daemon.ui), which check
+    the token themselves."""
     api = _Api(view, metrics, secrets)
     routes = [
         Route("/healthz", api.healthz, methods=["GET"]),
@@ -188,6 +191,7 @@ def build_control_app(
         Route("/jobs/{name}/trigger", api.action("trigger"), methods=["POST"]),
         Route("/jobs/{name}/pause", api.action("pause"), methods=["POST"]),
         Route("/jobs/{name}/resume", api.action("resume"), methods=["POST"]),
+        *ui,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: api.http_error})
     app.add_middleware(ControlAccess, token=token)
@@ -197,6 +201,26 @@ def build_control_app(
 class _Api:
     def __init__(self, view: ControlView, metrics: Metrics, secrets: SecretRegistry | None) -> None:
         self.view, self.metrics, self.secrets = view, metrics, secrets
+        # Made in a worker thread and shared (runner.daemon.rendered): the view's
+        # `jobs` and `summary` take one C-level copy of the job table, never iterating
+        # it while the loop changes it.
+        self.rendered = {
+            "metrics": Rendered(metrics.render),
+            "jobs": Rendered(lambda: self._json(view.jobs())),
+            "status": Rendered(lambda: self._json(view.summary())),
+        }
+
+    def _json(self, payload: Any) -> bytes:
+        if self.secrets is not None:
+            payload = redact(payload, self.secrets.forms())
+        return json_body(payload)
+
+    async def shared_body(self, key: str, media_type: str) -> Response:
+        try:
+            body = await self.rendered[key].get()
+        except Exception as exc:
+            return self._failed(None, exc)
+        return Response(body, media_type=media_type)
 
     def reply(self, payload: Any, status: int = 200) -> JSONResponse:
         if self.secrets is not None:
@@ -252,13 +276,13 @@ class _Api:
         return self.reply({"ok": ok, "detail": detail}, 200 if ok else 503)
 
     async def metrics_text(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+        return await self.shared_body("metrics", CONTENT_TYPE)
 
     async def status(self, request: Request) -> Response:
-        return await self.call(None, self.view.summary)
+        return await self.shared_body("status", "application/json")
 
     async def jobs(self, request: Request) -> Response:
-        return await self.call(None, self.view.jobs)
+        return await self.shared_body("jobs", "application/json")
 
     async def job(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -277,6 +301,8 @@ class _Api:
         async def endpoint(request: Request) -> Response:
             name = request.path_params["name"]
             response = await self.call(name, lambda: getattr(self.view, verb)(name))
+            for rendered in self.rendered.values():
+                rendered.invalidate()
             log.info(f"control.{verb}", job=name, status=response.status_code)
             return response
 

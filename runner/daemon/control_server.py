@@ -19,6 +19,7 @@ import uvicorn
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from runner.daemon.control_door import GuardedH11Protocol
 from runner.errors import RunnerError
 
 log = structlog.get_logger("runner.control")
@@ -26,6 +27,7 @@ log = structlog.get_logger("runner.control")
 SOCKET_MODE = 0o660
 DEFAULT_TCP_HOST = "127.0.0.1"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UI_PREFIX = "/ui"  # the dashboard checks the token itself: a login page, or its cookie
 START_TIMEOUT_S = 5.0
 
 
@@ -57,7 +59,7 @@ class ControlAccess:
         if not _is_loopback(str(scope["client"][0])):
             detail = "only /healthz, /readyz and /metrics are served to remote clients"
             await _deny(403, "forbidden", detail, scope, receive, send)
-        elif not self._authorized(scope):
+        elif not self._authorized(scope) and not _is_ui(scope["path"]):
             detail = "over TCP the control API needs 'Authorization: Bearer <control token>'"
             await _deny(401, "unauthorized", detail, scope, receive, send)
         else:
@@ -69,6 +71,10 @@ class ControlAccess:
         if self.token is None or scheme.lower() != b"bearer":
             return False
         return hmac.compare_digest(credential.strip(), self.token)
+
+
+def _is_ui(path: str) -> bool:
+    return path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
 
 
 def _over_unix(scope: Scope) -> bool:
@@ -183,7 +189,7 @@ async def serve_control(
         uvicorn.Config(
             app,
             lifespan="off",
-            http="h11",
+            http=GuardedH11Protocol,  # bounded connections, a deadline to send a request
             ws="none",
             log_config=None,
             access_log=False,

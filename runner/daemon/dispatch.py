@@ -137,13 +137,15 @@ class Dispatch:
         entry.record.status = "queued"
         limit = None if manual else entry.job.schedule.limit
         while not self.store.plan(occ, entry.record, limit=limit, forbid=forbid):
-            if not (manual or entry.one_shot):
+            replay = occ.scheduled_ms <= entry.runs.replay_until_ms  # the clock went back
+            if not (manual or entry.one_shot or replay):
                 log.warning(
                     "run.duplicate", job=entry.job.name, scheduled_at=iso(from_ms(scheduled_ms))
                 )
                 return None
-            # The instant is taken by an earlier trigger, or by an earlier definition of
-            # this one-shot (edited, same start_at): a new call, so a new instant and key.
+            # The instant is taken by an earlier trigger, by an earlier definition of this
+            # one-shot (edited, same start_at), or ran before the wall clock stepped back:
+            # a new call, so a new instant and key.
             occ = self._occurrence(entry, occ.scheduled_ms + 1, trigger)
             if not manual:
                 entry.record.last_scheduled_ms = occ.scheduled_ms
@@ -244,7 +246,10 @@ class Dispatch:
             raise  # on shutdown the occurrence stays open and resumes after restart
         except Exception as exc:  # a bug must fail this occurrence, not strand it as running
             log.exception("run.crashed", job=occ.job, scheduled_at=iso(from_ms(occ.scheduled_ms)))
-            occ.state, occ.last_error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+            # The exception's text may hold a resolved secret: it goes to the (redacted)
+            # log only; what is stored and shown names its type.
+            occ.state = "failed"
+            occ.last_error = f"internal error: {type(exc).__name__} (see the daemon's log)"
 
     def _settle(self, name: str, runs: JobRuns, run: Run, task: asyncio.Task[None]) -> None:
         """The run's task is done (finished, cancelled, or crashed): settle what it left."""

@@ -21,6 +21,8 @@ from runner.store import JobStatus
 Outcome: TypeAlias = Literal["succeeded", "failed", "skipped", "cancelled", "dry_run"]
 # (job name, status, next fire as seconds since the epoch or None)
 JobSnapshot: TypeAlias = Iterable[tuple[str, str, float | None]]
+# /healthz or /readyz: (ok, detail)
+Probe: TypeAlias = Callable[[], tuple[bool, str]]
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus version reads
 STATUSES: tuple[JobStatus, ...] = (
@@ -85,6 +87,33 @@ class _SnapshotCollector(Collector):
         ]
 
 
+class _ProbeCollector(Collector):
+    """/healthz and /readyz as 0/1 gauges, asked when scraped, so alert rules see a replica
+    that answers scrapes but is degraded (database away, credentials refused)."""
+
+    def __init__(self, healthy: Probe, ready: Probe) -> None:
+        self.probes = (("healthy", healthy, "/healthz"), ("ready", ready, "/readyz"))
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family(name, path) for name, _, path in self.probes]
+
+    def collect(self) -> Iterable[Metric]:
+        families = []
+        for name, probe, path in self.probes:
+            family = self._family(name, path)
+            try:
+                ok = probe()[0]
+            except Exception:  # /healthz answers 503 then too
+                ok = False
+            family.add_metric([], 1.0 if ok else 0.0)
+            families.append(family)
+        return families
+
+    @staticmethod
+    def _family(name: str, path: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"ductape_runner_{name}", f"1 while {path} answers 200, else 0.")
+
+
 class Metrics:
     """Every metric the daemon exports; the daemon calls these as things happen."""
 
@@ -135,11 +164,26 @@ class Metrics:
             "Jobs running their last good version because their file is invalid.",
             registry=r,
         )
+        self.runs_since_success = Gauge(
+            "ductape_runner_runs_since_success",
+            "Occurrences finished failed, skipped or cancelled since the job's last success "
+            "(or since the daemon started).",
+            ["job"],
+            registry=r,
+        )
         r.register(_SnapshotCollector(snapshot))
+
+    def watch_probes(self, healthy: Probe, ready: Probe) -> None:
+        """Export /healthz and /readyz as ductape_runner_healthy and ductape_runner_ready."""
+        self.registry.register(_ProbeCollector(healthy, ready))
 
     def run_finished(self, job: str, kind: str, outcome: Outcome, duration_s: float | None) -> None:
         """One occurrence is final; skipped ones have no duration."""
         self.runs.labels(job=job, outcome=outcome).inc()
+        if outcome == "succeeded":
+            self.runs_since_success.labels(job=job).set(0)
+        elif outcome != "dry_run":
+            self.runs_since_success.labels(job=job).inc()
         if duration_s is not None:
             self.run_duration.labels(kind=kind).observe(max(duration_s, 0.0))
 

@@ -111,6 +111,10 @@ class JobRuns:
     won: int = 0  # replicas: occurrences whose claim this replica won, not finished yet
     held: bool = False  # paused or suspended: no attempt starts until released
     last_manual_ms: int = 0
+    # Wall-clock steps (runner.timing.steps): how far an `every` phase has moved, and up
+    # to which instant a cron job going on at a new time may reuse an instant it ran.
+    shift_ms: int = 0
+    replay_until_ms: int = -1
 
     @property
     def tasks(self) -> dict[int, asyncio.Task[None]]:

@@ -1,11 +1,13 @@
 """The scheduler: the job set, a heap of next fire instants, and the loop that fires them.
 
 The loop sleeps until the earliest deadline or a wake-up (a job added, changed,
-removed, paused or triggered); it never polls on a tick. The sleep is capped
-(`max_sleep_s`) only so that a wall-clock step is noticed and the watchdog is fed
-from the loop itself. The pure decisions (missed instants, catch-up, lateness,
-status) live in runner.daemon.decisions; starting and settling runs in
-runner.daemon.dispatch; what is in flight per job in runner.daemon.runs.
+removed, paused or triggered). The sleep is capped (`max_sleep_s`, 1 s in the daemon)
+only so that a wall-clock step is noticed within a second (asyncio sleeps on the
+monotonic clock, which a step does not move) and the watchdog is fed from the loop.
+The pure decisions (missed instants, catch-up, lateness, status) live in
+runner.daemon.decisions, what a clock step does to each schedule in runner.timing.steps;
+starting and settling runs in runner.daemon.dispatch; what is in flight per job in
+runner.daemon.runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from runner.daemon.clocksteps import ClockSteps
 from runner.daemon.decisions import (
     Missed,
     from_ms,
@@ -46,15 +49,14 @@ from runner.store import (
 from runner.timing.clock import Clock
 from runner.timing.firetimes import next_fire
 from runner.timing.policy import MIN_GRACE, jitter_delay_ms
+from runner.timing.steps import shifted
 
 __all__ = ["Entry", "Executor", "HaltReason", "RunControl", "Scheduler", "from_ms", "to_ms"]
 
 log = structlog.get_logger("runner.scheduler")
 
-CLOCK_JUMP = timedelta(seconds=2)
 
-
-class Scheduler(Dispatch):
+class Scheduler(ClockSteps, Dispatch):
     """Owns the schedule: which occurrence fires when, and what happens to it."""
 
     def __init__(
@@ -141,9 +143,9 @@ class Scheduler(Dispatch):
         record.path = loaded.path
         self.records[name] = record
         # The runs in flight stay where they are: only the definition changes.
-        entry = Entry(
-            loaded, record, recurrence_of(loaded.job, record.anchor_ms), self._runs_of(name)
-        )
+        runs = self._runs_of(name)
+        rec = shifted(recurrence_of(loaded.job, record.anchor_ms), runs.shift_ms)
+        entry = Entry(loaded, record, rec, runs)
         self.entries[name] = entry
         entry.runs.hold(entry.held)
         self._reschedule(entry, now, catch_up=not new_schedule)
@@ -370,7 +372,7 @@ class Scheduler(Dispatch):
                 continue
             entry.runs.hold(entry.held)
             if moved or (counted and entry.job.schedule.limit is not None):
-                entry.rec = recurrence_of(entry.job, record.anchor_ms)
+                entry.rec = shifted(recurrence_of(entry.job, record.anchor_ms), entry.runs.shift_ms)
                 self._reschedule(entry, now, catch_up=False)
 
     def store_available(self, available: bool) -> None:
@@ -402,25 +404,6 @@ class Scheduler(Dispatch):
         if deadline is None:
             return self.max_sleep_s
         return min(max((deadline - to_ms(now)) / 1000, 0.0), self.max_sleep_s)
-
-    def _check_clock(
-        self, last_wall: datetime, last_mono: float, now: datetime, mono: float
-    ) -> None:
-        drift = (now - last_wall) - timedelta(seconds=mono - last_mono)
-        if abs(drift) < CLOCK_JUMP:
-            return
-        direction = "forward" if drift > timedelta(0) else "backward"
-        decision = (
-            "overdue occurrences follow each job's catchup policy"
-            if direction == "forward"
-            else "occurrences already run are not repeated; waiting for the clock to catch up"
-        )
-        log.warning(
-            "clock.jump",
-            direction=direction,
-            seconds=round(drift.total_seconds(), 3),
-            decision=decision,
-        )
 
     def stop(self) -> None:
         self.stopping = True

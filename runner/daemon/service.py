@@ -7,7 +7,9 @@ SIGHUP reloads, SIGTERM/SIGINT drain and exit 0, a second SIGINT exits at once (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import resource
 import socket
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from runner.daemon.reconcile import Plan
 from runner.daemon.scheduler import Scheduler, to_ms
 from runner.daemon.sdnotify import Notifier, watchdog_interval_s
 from runner.daemon.shutdown import Shutdown
+from runner.daemon.ui import Dashboard
 from runner.daemon.view import Conditions, DaemonView
 from runner.daemon.watch import FolderSync
 from runner.ductape.client import DuctapeClient
@@ -83,6 +86,7 @@ class Daemon(Shutdown, DuctapeAccess):
         """Start everything, serve until asked to stop, then drain; the exit status."""
         if not (self.emulator or self.settings.dry_run):
             self._require_credentials()
+        raise_open_files_limit()
         self._install_signals()
         emulator = await self._start_emulator() if self.emulator else None
         self.store = self._open_store()
@@ -103,7 +107,7 @@ class Daemon(Shutdown, DuctapeAccess):
             dry_run=self.settings.dry_run,
             hooks=self._run_hooks(),
         )
-        max_sleep = min(30.0, self.watchdog_s or 30.0)
+        max_sleep = 1.0  # a wall-clock step is noticed within it (issue 13, item 14)
         self.scheduler = Scheduler(
             self.store,
             self.executor,
@@ -119,12 +123,15 @@ class Daemon(Shutdown, DuctapeAccess):
         self.metrics = Metrics(self._snapshot)
         self.view = DaemonView(
             self.scheduler,
-            stale_after_s=max_sleep * 2 + 5,
+            stale_after_s=65.0,  # a loop stalled this long is unhealthy
             loaded=lambda: self.loaded,
             invalid=lambda: self.invalid,
             state=self.store.health if isinstance(self.store, SqliteStore) else None,
             conditions=self._conditions,
+            on_change=lambda: self.dashboard.changed(),
         )
+        self.metrics.watch_probes(self.view.healthy, self.view.ready)
+        self.dashboard = Dashboard(self)
         try:
             jobs = await self._first_load()
             # What is loaded now lives as long as the daemon: take it out of the cyclic
@@ -182,7 +189,9 @@ class Daemon(Shutdown, DuctapeAccess):
             self.clock,
             replica_id=s.replica_id,
             lease_s=s.lease_s,
-            claim_limit=2 * s.max_concurrent_runs,  # the next ones wait, claimed, for a slot
+            # Twice what it can call at once: the next ones wait, claimed, for a slot; no
+            # more, or a replica takes work its connections cannot start in time.
+            claim_limit=2 * min(s.max_concurrent_runs, s.max_connections),
         )
 
     async def _connect(self, store: PostgresStore, jobs: dict[str, LoadedJob]) -> None:
@@ -235,26 +244,35 @@ class Daemon(Shutdown, DuctapeAccess):
             token = configured.get_secret_value() if configured else None
             token = token or write_token(control_token_path(s, self.environ))
             self.registry.add(token)  # never logged
-        app = build_control_app(self.view, self.metrics, secrets=self.registry, token=token)
-        return await serve_control(app, unix_socket=socket_path, tcp=s.control_tcp)
+        ui = self.dashboard.routes(token)
+        app = build_control_app(self.view, self.metrics, secrets=self.registry, token=token, ui=ui)
+        server = await serve_control(app, unix_socket=socket_path, tcp=s.control_tcp)
+        self.dashboard.tcp = server.tcp_address
+        return server
 
     def _run_hooks(self) -> RunHooks:
         def finished(job: Job, occ: Occurrence) -> None:
             seconds = None if occ.duration_ms is None else occ.duration_ms / 1000
             outcome: Any = occ.state
             self.metrics.run_finished(job.name, job.canonical_kind, outcome, seconds)
+            self.dashboard.changed()
+
+        def started(job: Job, occ: Occurrence, late_s: float) -> None:
+            self.metrics.lateness(late_s)
+            self.dashboard.changed()
 
         return RunHooks(
             on_attempt=lambda job, s: self.metrics.attempt(job.canonical_kind, s),
             on_finished=finished,
-            on_started=lambda job, occ, late_s: self.metrics.lateness(late_s),
+            on_started=started,
             on_call=self._on_call,
         )
 
     def _snapshot(self) -> list[tuple[str, str, float | None]]:
+        entries = list(self.scheduler.entries.items())  # one C-level copy: a worker thread reads it
         return [
             (name, e.record.status, None if e.due is None else e.due.timestamp())
-            for name, e in self.scheduler.entries.items()
+            for name, e in entries
         ]
 
     def _tick(self) -> None:
@@ -373,6 +391,8 @@ class Daemon(Shutdown, DuctapeAccess):
                 last_good=sum(len(names) for names in plan.kept_last_good.values()),
             )
             self.notifier.status(self.view.status_line())
+        if hasattr(self, "dashboard"):
+            self.dashboard.reloaded(plan, self.clock.now())
 
     def _keep_last_good(self, plan: Plan) -> None:
         """Store each accepted file's content, so a restart runs it while the file is
@@ -405,3 +425,16 @@ class Daemon(Shutdown, DuctapeAccess):
             if removed:
                 log.info("history.pruned", occurrences=removed)
             await self.clock.sleep(3600)
+
+
+def raise_open_files_limit() -> None:
+    """Take the hard limit on open files as the soft one (systemd's default soft limit is
+    1,024, its hard limit 524,288): the daemon uses epoll, never select(), so a large
+    limit costs nothing, and a flood of connections then meets the control API's own
+    bound (runner.daemon.control_door) long before the process runs out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):  # a kernel cap below it: keep soft
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -41,6 +41,7 @@ class DaemonView:
         invalid: Callable[[], dict[str, str]],
         state: Callable[[], tuple[bool, str]] | None = None,
         conditions: Callable[[], Conditions] = Conditions,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.scheduler = scheduler
         self._state = state
@@ -48,6 +49,7 @@ class DaemonView:
         self._loaded = loaded
         self._invalid = invalid
         self._conditions = conditions
+        self._on_change = on_change  # a pause or resume: open dashboards refresh
 
     def healthy(self) -> tuple[bool, str]:
         age = self.scheduler.clock.monotonic() - self.scheduler.heartbeat
@@ -77,7 +79,10 @@ class DaemonView:
         return True, f"{len(self.scheduler.entries)} jobs loaded" + now.notes()
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [self._dict(name) for name in sorted(self.scheduler.entries)]
+        # One C-level copy of the table (the GIL is held throughout): safe from a worker
+        # thread while the loop adds and removes jobs (runner.daemon.rendered).
+        entries = sorted(self.scheduler.entries.items(), key=_first)
+        return [job_dict(e.record, e.job, e.due) for _, e in entries]
 
     def job(self, name: str) -> dict[str, Any] | None:
         return self._dict(name) if name in self.scheduler.entries else None
@@ -106,10 +111,12 @@ class DaemonView:
 
     def pause(self, name: str) -> dict[str, Any]:
         self.scheduler.pause(name)
+        self._on_change()
         return self._dict(name)
 
     def resume(self, name: str) -> dict[str, Any]:
         self.scheduler.resume(name)
+        self._on_change()
         return self._dict(name)
 
     def summary(self) -> dict[str, Any]:
@@ -135,3 +142,7 @@ class DaemonView:
         if deadline is None:
             return text + ", nothing scheduled"
         return text + f", next run in {max(deadline - now_ms, 0) / 1000:.0f} s"
+
+
+def _first(item: tuple[str, Any]) -> str:
+    return item[0]

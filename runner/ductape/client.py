@@ -412,7 +412,12 @@ class DuctapeClient:
                 except aiohttp.ClientError as exc:
                     if not (_REUSED.get() and stale_connection(exc)):
                         raise
-                    log.debug("ductape.resend", operation=op.name, reason=_describe(exc))
+                    log.debug(
+                        "ductape.resend",
+                        operation=op.name,
+                        idempotency_key=headers[wire.IDEMPOTENCY_HEADER],
+                        reason=_describe(exc),
+                    )
                 return await self._send(content, headers, fresh=True)
         except TimeoutError:
             raise RetryableError(

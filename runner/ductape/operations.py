@@ -96,7 +96,20 @@ Builder = Callable[[Any, str], tuple[str, Fields]]
 
 def _input(job: Job) -> dict[str, Any]:
     # A deep copy: the operation must never share mutable state with the frozen job.
-    return copy.deepcopy(job.input)
+    copied: dict[str, Any] = _copy(job.input)
+    return copied
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of parsed YAML/TOML data: new dicts and lists, immutable leaves shared.
+    About four times cheaper than copy.deepcopy, which runs once per occurrence here."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return copy.deepcopy(value)  # anything else (a TOML datetime is immutable too)
 
 
 def _action(job: ActionJob, key: str) -> tuple[str, Fields]:

@@ -220,6 +220,8 @@ def _resolve(value: Any, path: tuple[str, ...], reader: _Reader) -> Any:
         return {k: _resolve(v, (*path, str(k)), reader) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_resolve(v, (*path, str(i)), reader) for i, v in enumerate(value)]
+    if value is None or isinstance(value, int | float):  # immutable (bool is an int)
+        return value
     return copy.deepcopy(value)
 
 
