@@ -53,7 +53,8 @@ def pg_query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
 
 
 def _held_mid_burst(dsn: str) -> dict[str, int] | None:
-    """Open occurrences per owner, once some replica holds 50 (calls are in flight)."""
+    """Open occurrences per owner, once some replica holds 16 (its connections: calls
+    are in flight)."""
     held: dict[str, int] = dict(
         pg_query(
             dsn,
@@ -61,7 +62,7 @@ def _held_mid_burst(dsn: str) -> dict[str, int] | None:
             "AND state IN ('planned', 'running') GROUP BY owner",
         )
     )
-    return held if max(held.values(), default=0) >= 50 else None
+    return held if max(held.values(), default=0) >= 16 else None
 
 
 def calls_of(emulator: RunningEmulator, job: str | None = None) -> Counter[str]:
