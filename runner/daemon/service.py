@@ -189,9 +189,11 @@ class Daemon(Shutdown, DuctapeAccess):
             self.clock,
             replica_id=s.replica_id,
             lease_s=s.lease_s,
-            # Twice what it can call at once: the next ones wait, claimed, for a slot; no
-            # more, or a replica takes work its connections cannot start in time.
-            claim_limit=2 * min(s.max_concurrent_runs, s.max_connections),
+            # Four times what it can call at once: the next ones wait, claimed, for a slot
+            # while the writer's tick records the last ones (measured: 2x left slots idle
+            # waiting for a claim); no more, or a replica takes work its connections
+            # cannot start within an attempt's timeout.
+            claim_limit=4 * min(s.max_concurrent_runs, s.max_connections),
         )
 
     async def _connect(self, store: PostgresStore, jobs: dict[str, LoadedJob]) -> None:

@@ -39,6 +39,7 @@ from runner.store.postgres.schema import _JOB_COLUMNS
 log = structlog.get_logger("runner.store")
 
 MAX_TICK = 5000  # writes taken from the queue per tick
+PLAN_CHUNK = 250  # plans per statement
 RETRY_RESOLVE_S = 0.1  # verdicts still open because another replica was claiming them
 SPILL_S = 0.1  # how long the replica that planned an occurrence has it to itself
 
@@ -119,9 +120,14 @@ class _Writer(_Connections):
             result = await self._land(lambda conn, _, run=run: run(conn), [write])
             if write.done is not None and not write.done.done():
                 write.done.set_result(bool(result))
-        if tick.plans:
-            plans = sorted(tick.plans, key=lambda row: (row[0], row[1]))
-            await self._land(self._plan, plans, self._refuse)
+        # A burst's plans in chunks, the oldest first, with a claim after the first: its
+        # runs start while the rest is written (their job rows still come after all).
+        plans = sorted(tick.plans, key=lambda row: (row[1], row[0]))
+        for first in range(0, len(plans), PLAN_CHUNK):
+            chunk = sorted(plans[first : first + PLAN_CHUNK], key=lambda row: (row[0], row[1]))
+            await self._land(self._plan, chunk, self._refuse)
+            if first == 0 and len(plans) > PLAN_CHUNK:
+                await self._claim_room()
         if tick.updates:
             await self._land(self._update, list(tick.updates.values()), rows_lock=True)
         if tick.finishes:
