@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import pytest
+import structlog.testing
 
 from runner.store import JobRecord, Occurrence, SharedJob
 from runner.store.postgres import MIGRATIONS, PostgresStore, StoreUnavailable, migrate
@@ -33,7 +37,7 @@ class FakeReplica:
     shared_jobs: list[SharedJob] = field(default_factory=list)
     availability: list[bool] = field(default_factory=list)
 
-    def adopt(self, occurrences: list[Occurrence]) -> None:
+    def adopt(self, occurrences: list[Occurrence], *, taken_over: bool = True) -> None:
         self.adopted.extend(occurrences)
 
     def lease_lost(self, job: str, scheduled_ms: int) -> None:
@@ -100,15 +104,17 @@ async def test_each_occurrence_is_claimed_by_exactly_one_of_several_replicas(pg_
             s.replica_id: await asyncio.gather(*(s.claimed(o) for o in occs[s.replica_id]))
             for s in stores
         }
+        owners = rows(pg_dsn, "SELECT owner, count(*) FROM occurrences GROUP BY owner")
+        tokens = rows(pg_dsn, "SELECT count(DISTINCT fencing) FROM occurrences")
     finally:
         for store in stores:
             await store.aclose()
     for i in range(50):
         assert sum(verdicts[s.replica_id][i] for s in stores) == 1, i
-    owners = rows(pg_dsn, "SELECT owner, count(*) FROM occurrences GROUP BY owner")
-    assert sum(n for _, n in owners) == 50
-    tokens = rows(pg_dsn, "SELECT count(DISTINCT fencing) FROM occurrences")
+    assert sum(n for _, n in owners) == 50 and "" not in dict(owners)
     assert tokens == [(50,)]
+    # Stopped (SIGTERM) before any attempt: handed back unowned, for any replica to claim.
+    assert rows(pg_dsn, "SELECT DISTINCT owner, fencing FROM occurrences") == [("", 0)]
 
 
 async def test_an_expired_lease_is_taken_over_with_a_new_token_and_the_same_key(
@@ -116,18 +122,19 @@ async def test_an_expired_lease_is_taken_over_with_a_new_token_and_the_same_key(
 ) -> None:
     a = await replica(pg_dsn, "a")
     b = await replica(pg_dsn, "b", lease_s=3.0)
+    replica_b: Any = b.replica
+    replica_b.jobs = set()  # b has no room for it (yet): a claims what a planned
     try:
         a.save_job(record())
         occ = occurrence(T0)
         a.plan(occ, record())
         assert await a.claimed(occ)
+        replica_b.jobs = {"j"}
         [(old_token,)] = rows(pg_dsn, "SELECT fencing FROM occurrences")
         # a dies (no renewals): its lease runs out.
         a._tasks[1].cancel()
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("UPDATE occurrences SET lease_until = now() - interval '1 s'")
-        assert b.replica is not None
-        replica_b: Any = b.replica
         await asyncio.wait_for(_until(lambda: replica_b.adopted), 5)
         [taken] = replica_b.adopted
         assert taken.idempotency_key == occ.idempotency_key
@@ -193,6 +200,7 @@ async def test_a_second_sighting_with_another_phase_loses_and_adopts_the_first(
         late = occurrence(T0 + 700)
         b.plan(late, record(anchor_ms=T0 + 700))
         assert not await b.claimed(late)
+        await flush(b)  # its job row is written after the claim, in the same tick
         replica_b: Any = b.replica
         assert [s.anchor_ms for s in replica_b.shared_jobs][:1] == [T0]
     finally:
@@ -321,3 +329,52 @@ async def test_manual_runs_are_outside_limit_in_the_shared_count(pg_dsn: str) ->
         assert rows(pg_dsn, "SELECT execution_count FROM jobs WHERE name = 'j'") == [(0,)]
     finally:
         await store.aclose()
+
+
+async def test_prune_deletes_finished_occurrences_and_says_how_many(pg_dsn: str) -> None:
+    store = await replica(pg_dsn, "pruner")
+    try:
+        store.save_job(record())
+        done, still_open = occurrence(T0), occurrence(T0 + 2)
+        for occ in (done, still_open):
+            store.plan(occ, record())
+            assert await store.claimed(occ)
+        done.state, done.attempts, done.finished_ms = "succeeded", 1, T0 + 1
+        store.finish(done, record())
+        await flush(store)
+        with structlog.testing.capture_logs() as logs:
+            store.prune(T0 + 10)
+            await flush(store)
+        assert [e["occurrences"] for e in logs if e["event"] == "history.pruned"] == [1]
+        assert rows(pg_dsn, "SELECT scheduled_ms FROM occurrences") == [(T0 + 2,)]
+    finally:
+        await store.aclose()
+
+
+async def test_next_and_plan_read_the_shared_state_given_a_dsn(pg_dsn: str, tmp_path: Any) -> None:
+    anchor = T0 + 17 * 60_000  # first seen at 08:17: an hourly `every` fires at :17
+    store = await replica(pg_dsn, "a")
+    try:
+        store.save_job(JobRecord("hourly", "d", "s", anchor, anchor, path="jobs.d/h.yaml"))
+        await flush(store)
+    finally:
+        await store.aclose()
+    jobs = tmp_path / "jobs.d"
+    jobs.mkdir()
+    (jobs / "h.yaml").write_text("name: hourly\nkind: quota\ntag: t\nschedule: {every: 1h}\n")
+    (jobs / "new.yaml").write_text("name: fresh\nkind: quota\ntag: t\nschedule: {every: 1h}\n")
+    folder = ("--jobs-dir", str(jobs), "--state", pg_dsn)
+    after = ("--after", "2027-01-15T09:00:00Z")
+    nxt = await _cli("next", *folder, "hourly", "-n", "2", *after, "--json")
+    assert json.loads(nxt.stdout) == ["2027-01-15T09:17:00+00:00", "2027-01-15T10:17:00+00:00"]
+    plan = await _cli("plan", *folder)
+    # The replicas hold `hourly` (another definition): an update, not an addition.
+    assert "1 to add, 1 to update, 0 to remove" in plan.stdout, plan.stdout
+    assert "~ update  hourly" in plan.stdout and "+ add     fresh" in plan.stdout
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "runner", *args]
+    proc = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc

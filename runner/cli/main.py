@@ -18,7 +18,6 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 STATE_HELP = "state database: a SQLite file, or a postgresql:// DSN (replicas)"
-STATE_FILE_HELP = "the daemon's SQLite state file (read only)"
 
 
 def _config(parser: argparse.ArgumentParser) -> None:
@@ -33,22 +32,19 @@ def _paths(action: argparse.Action, kind: str = "file") -> None:
     action.complete = kind  # type: ignore[attr-defined]
 
 
-def _folder(parser: argparse.ArgumentParser, *, dsn: bool) -> None:
+def _folder(parser: argparse.ArgumentParser) -> None:
     """--config, --jobs-dir and --state: what reads the jobs folder and the state database."""
     _config(parser)
     _paths(
         parser.add_argument("--jobs-dir", type=Path, metavar="DIR", help="folder of job files"),
         "dir",
     )
-    if dsn:
-        parser.add_argument("--state", metavar="PATH|DSN", help=STATE_HELP)
-    else:
-        _paths(parser.add_argument("--state", metavar="FILE", help=STATE_FILE_HELP))
+    parser.add_argument("--state", metavar="PATH|DSN", help=STATE_HELP)
 
 
 def _daemon(parser: argparse.ArgumentParser) -> None:
     """Options of the running daemon (`run` and `demo`)."""
-    _folder(parser, dsn=True)
+    _folder(parser)
     _paths(parser.add_argument("--socket", metavar="PATH", help="control API unix socket"))
     parser.add_argument(
         "--control-tcp", metavar="[HOST:]PORT",
@@ -136,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     emu.set_defaults(handler=cmd_emulator, settings=False)
 
     plan = sub.add_parser("plan", help="print what the daemon would change now, changing nothing")
-    _folder(plan, dsn=False)
+    _folder(plan)
     plan.set_defaults(handler=cmd_plan)
 
     from runner.cli.diffcmd import add_parser as add_diff
@@ -161,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(handler=cmd_ui)
 
     nxt = sub.add_parser("next", help="show a job's next fire times, as the daemon computes them")
-    _folder(nxt, dsn=False)
+    _folder(nxt)
     nxt.add_argument("job", help="job name (in the jobs folder) or a job file")
     nxt.add_argument("-n", type=_positive, default=5, metavar="N", help="how many (default 5)")
     nxt.add_argument(

@@ -39,7 +39,14 @@ def find_job(target: str, settings: Settings) -> LoadedJob:
 
 
 def _remembered(name: str, state: str) -> JobRecord | None:
-    """The daemon's record of the job (anchor, count), read-only, if a state file exists."""
+    """The daemon's record of the job (anchor, count), read-only, if a state file exists
+    or, with a postgresql:// DSN, as the replicas share it."""
+    from runner.store.postgres import is_dsn
+
+    if is_dsn(state):
+        from runner.store.postgres.readonly import read_jobs
+
+        return read_jobs(state).get(name)
     if not Path(state).is_file():
         return None
     from runner.store.sqlite import SqliteStore

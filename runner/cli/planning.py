@@ -31,7 +31,15 @@ class Held:
 
 
 def read_state(state: str) -> Held:
-    """The schedule the daemon holds, read from its state file (empty without one)."""
+    """The schedule the daemon holds, read from its state file (empty without one), or
+    with a postgresql:// DSN from the state the replicas share (no file contents there)."""
+    from runner.store.postgres import is_dsn
+
+    if is_dsn(state):
+        from runner.store.postgres.readonly import read_jobs
+
+        jobs = read_jobs(state)
+        return Held({n: r for n, r in jobs.items() if r.removed_ms is None})
     if not Path(state).is_file():
         return Held()
     from runner.store.sqlite import SqliteStore

@@ -107,7 +107,7 @@ class Dispatch:
                 run.control.halt("replaced")
                 if run.task is not None:
                     run.task.cancel()
-        occ = self._plan(entry, scheduled_ms, trigger)
+        occ = self._plan(entry, scheduled_ms, trigger, forbid=policy == "forbid")
         if occ is not None:
             self._spawn(entry, [self._item(entry, occ)])
         return occ or self._occurrence(entry, scheduled_ms, trigger)
@@ -123,15 +123,20 @@ class Dispatch:
         if planned:
             self._enqueue(entry, planned)
 
-    def _plan(self, entry: Entry, scheduled_ms: int, trigger: str) -> Occurrence | None:
-        """Write the occurrence before anything is called, so a crash never forgets it."""
+    def _plan(
+        self, entry: Entry, scheduled_ms: int, trigger: str, *, forbid: bool = False
+    ) -> Occurrence | None:
+        """Write the occurrence before anything is called, so a crash never forgets it.
+
+        `forbid`: with replicas, the database skips it while a run of the job is open on
+        any replica (this replica's own runs are checked before, by `_start`)."""
         occ = self._occurrence(entry, scheduled_ms, trigger)
         manual = trigger == "manual"
         if not manual:
             entry.record.last_scheduled_ms = max(entry.record.last_scheduled_ms or 0, scheduled_ms)
         entry.record.status = "queued"
         limit = None if manual else entry.job.schedule.limit
-        while not self.store.plan(occ, entry.record, limit=limit):
+        while not self.store.plan(occ, entry.record, limit=limit, forbid=forbid):
             replay = occ.scheduled_ms <= entry.runs.replay_until_ms  # the clock went back
             if not (manual or entry.one_shot or replay):
                 log.warning(
@@ -202,6 +207,18 @@ class Dispatch:
         """Wait for the database's verdict on the claim; False when another replica won."""
         assert self.claims is not None
         if not await self.claims.claimed(item.occ):
+            reason = self.claims.skipped_here(item.occ)
+            if reason is not None:  # recorded skipped by this replica (forbid, cluster-wide)
+                item.occ.state, item.occ.reason = "skipped", reason
+                log.info(
+                    "run.skipped",
+                    job=item.occ.job,
+                    scheduled_at=iso(from_ms(item.occ.scheduled_ms)),
+                    reason=reason,
+                )
+                if self.on_skip is not None:
+                    self.on_skip(item.job)
+                return False
             log.debug(
                 "run.claimed_elsewhere",
                 job=item.occ.job,
@@ -310,8 +327,9 @@ class Dispatch:
 
     # ---- replicas sharing a database (runner.store.Replica) --------------------------
 
-    def adopt(self, occurrences: list[Occurrence]) -> None:
-        """Run occurrences taken over from a replica whose lease expired (same keys)."""
+    def adopt(self, occurrences: list[Occurrence], *, taken_over: bool = True) -> None:
+        """Run occurrences taken over from a replica whose lease expired (same keys), or
+        claimed here after another replica planned them."""
         by_job: dict[str, list[Occurrence]] = {}
         for occ in occurrences:
             entry = self.entries.get(occ.job)
@@ -319,12 +337,13 @@ class Dispatch:
                 assert self.claims is not None
                 self.claims.released(occ)  # gone from our folder
                 continue
-            if entry.runs.run_holding(occ.scheduled_ms) is not None:
+            if self._won_here(entry, occ.scheduled_ms):
                 continue  # our own run still has it (its finish is written under the new token)
-            log.warning(
-                "run.taken_over",
+            (log.warning if taken_over else log.info)(
+                "run.taken_over" if taken_over else "run.claimed",
                 job=occ.job,
                 scheduled_at=iso(from_ms(occ.scheduled_ms)),
+                trigger=occ.trigger,
                 attempts=occ.attempts,
                 idempotency_key=occ.idempotency_key,
             )
@@ -333,6 +352,15 @@ class Dispatch:
             entry = self.entries[name]
             entry.runs.pending += sum(occ.trigger != "manual" for occ in occs)
             self._enqueue(entry, occs)
+
+    def _won_here(self, entry: Entry, scheduled_ms: int) -> bool:
+        """A run of ours holds this occurrence and won its claim. One still waiting for
+        the verdict (or about to learn it lost) does not count: it drops the occurrence,
+        so skipping it here would leave it leased and run by nobody."""
+        run = entry.runs.run_holding(scheduled_ms)
+        return run is not None and any(
+            item.won and item.occ.scheduled_ms == scheduled_ms for item in run.queue
+        )
 
     def lease_lost(self, job: str, scheduled_ms: int) -> None:
         """No new attempt of that occurrence's run here; other runs of the job go on."""

@@ -4,6 +4,7 @@ Like stripe-mock, it speaks the real wire format (runner.ductape.wire) on a real
 
     POST   /proxy/v1/sdk-proxy/execute   (also under /api) the SDK proxy
     GET    /_emulator/calls              every call received, oldest first
+    GET    /_emulator/calls/count        {"calls": how many, "keys": distinct idempotency keys}
     DELETE /_emulator/calls              forget them
     GET    /_emulator/faults             faults still armed
     POST   /_emulator/faults             arm a fault for the next `count` matching calls

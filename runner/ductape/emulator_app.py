@@ -175,6 +175,11 @@ class Emulator:
     async def list_calls(self, request: Request) -> Response:
         return JSONResponse(self.state.calls)
 
+    async def count_calls(self, request: Request) -> Response:
+        """Cheap to poll, unlike the whole list (benchmarks wait on it)."""
+        keys = {call.get("idempotency_key") for call in self.state.calls}
+        return JSONResponse({"calls": len(self.state.calls), "keys": len(keys)})
+
     async def clear_calls(self, request: Request) -> Response:
         self.state.calls.clear()
         return Response(status_code=204)
@@ -225,6 +230,7 @@ def build_app(config: EmulatorConfig, state: EmulatorState | None = None) -> Sta
         Route(wire.EXECUTE_PATH, emu.execute, methods=["POST"]),
         Route("/api" + wire.EXECUTE_PATH, emu.execute, methods=["POST"]),
         Route("/_emulator/calls", emu.list_calls, methods=["GET"]),
+        Route("/_emulator/calls/count", emu.count_calls, methods=["GET"]),
         Route("/_emulator/calls", emu.clear_calls, methods=["DELETE"]),
         Route("/_emulator/faults", emu.list_faults, methods=["GET"]),
         Route("/_emulator/faults", emu.add_fault, methods=["POST"]),

@@ -85,12 +85,20 @@ class Store(Protocol):
 
     def save_job(self, record: JobRecord) -> None: ...
 
-    def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
+    def plan(
+        self,
+        occurrence: Occurrence,
+        record: JobRecord,
+        *,
+        limit: int | None = None,
+        forbid: bool = False,
+    ) -> bool:
         """Insert the occurrence if absent and save its job, in one transaction.
 
         False (and nothing written) when (job, scheduled_ms) already exists. `limit` is
-        the job's limit, for backends shared by replicas (see `Claims`); SQLite has a
-        single writer whose own count is authoritative and ignores it.
+        the job's limit and `forbid` its `concurrency: forbid`, for backends shared by
+        replicas (see `Claims`); SQLite has a single writer whose own count and runs are
+        authoritative and ignores them.
         """
         ...
 
@@ -152,8 +160,10 @@ class SharedJob:
 class Replica(Protocol):
     """What the scheduler needs from it: callbacks from a shared backend's background work."""
 
-    def adopt(self, occurrences: list[Occurrence]) -> None:
-        """Run occurrences taken over from a replica whose lease expired (same keys)."""
+    def adopt(self, occurrences: list[Occurrence], *, taken_over: bool = True) -> None:
+        """Run occurrences this replica now holds but did not plan: taken over from a
+        replica whose lease expired (same keys), or, `taken_over=False`, claimed after
+        another replica planned them (a trigger there, or it fired first)."""
         ...
 
     def lease_lost(self, job: str, scheduled_ms: int) -> None:
@@ -186,6 +196,11 @@ class Claims(Protocol):
 
     async def claimed(self, occurrence: Occurrence) -> bool:
         """True when this replica won (or was handed) the occurrence."""
+        ...
+
+    def skipped_here(self, occurrence: Occurrence) -> str | None:
+        """Why this replica recorded the occurrence as skipped instead of claiming it
+        (`concurrency: forbid` with a run of the job open on any replica), else None."""
         ...
 
     def may_start(self, occurrence: Occurrence) -> bool:

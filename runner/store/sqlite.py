@@ -179,7 +179,14 @@ class SqliteStore:
             self._tick_tx()
             self.db.execute(_SAVE_JOB, _job_row(record))
 
-    def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
+    def plan(
+        self,
+        occurrence: Occurrence,
+        record: JobRecord,
+        *,
+        limit: int | None = None,
+        forbid: bool = False,
+    ) -> bool:
         key = (occurrence.job, occurrence.scheduled_ms)
         try:
             with self._unit():

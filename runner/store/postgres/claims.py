@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,117 +12,36 @@ import psycopg
 import structlog
 
 from runner.store import OPEN_STATES, Occurrence, Replica, SharedJob
-from runner.store.postgres.connection import StoreUnavailable, _Connections
-from runner.store.postgres.schema import _JOB_COLUMNS, _OCC_COLUMNS, _OPEN, _SHARED_COLUMNS
+from runner.store.postgres.batch_sql import CHANNEL
+from runner.store.postgres.connection import Lease, StoreUnavailable
+from runner.store.postgres.schema import _OCC_COLUMNS, _OPEN, _SHARED_COLUMNS
+from runner.store.postgres.writer import SPILL_S, _Writer
 
 log = structlog.get_logger("runner.store")
 
 TAKEOVER_BATCH = 100
+__all__ = ["TAKEOVER_BATCH", "Lease"]
 
-# Written by whichever replica saves the job last; the shared fields (count, pause,
-# results) are only written by `finish` and `set_paused`, never overwritten from memory.
-# The first sighting of a definition is kept: every replica must fire at the same phase.
-_SAVE_JOB = f"""
-    INSERT INTO jobs ({", ".join(_JOB_COLUMNS)}) VALUES ({", ".join("%s" for _ in _JOB_COLUMNS)})
-    ON CONFLICT (name) DO UPDATE SET
-        anchor_ms = CASE WHEN jobs.definition_hash = excluded.definition_hash
-            THEN jobs.anchor_ms ELSE excluded.anchor_ms END,
-        first_seen_ms = CASE WHEN jobs.definition_hash = excluded.definition_hash
-            THEN jobs.first_seen_ms ELSE excluded.first_seen_ms END,
-        definition_hash = excluded.definition_hash, schedule_hash = excluded.schedule_hash,
-        path = excluded.path, last_scheduled_ms = excluded.last_scheduled_ms,
-        next_fire_ms = excluded.next_fire_ms, status = excluded.status,
-        removed_ms = excluded.removed_ms
-    RETURNING {", ".join(_SHARED_COLUMNS)}
-"""
-# One statement (autocommit): a replica cut off mid-way never leaves a lock behind.
-# Refused when, under the job row's lock, the job is paused, the same definition has
-# another first sighting, or `limit` is reached counting the scheduled runs still open
-# (manual triggers are outside `limit`). On a
-# conflict with an open occurrence this replica already owns (a retried write whose
-# first try committed), it returns our token again.
-_CLAIM = f"""
-    WITH job AS (
-        SELECT paused, execution_count, definition_hash, anchor_ms FROM jobs
-        WHERE name = %(job)s FOR UPDATE
-    ), verdict AS (
-        SELECT NOT %(check)s OR job.paused IS NULL OR (
-            NOT job.paused
-            AND NOT (job.definition_hash = %(definition)s AND job.anchor_ms <> %(anchor)s)
-            AND (%(limit)s::bigint IS NULL OR job.execution_count + (
-                SELECT count(*) FROM occurrences
-                WHERE job = %(job)s AND {_OPEN} AND trigger <> 'manual'
-            ) < %(limit)s::bigint)
-        ) AS ok
-        FROM (SELECT 1) AS one LEFT JOIN job ON true
-    )
-    INSERT INTO occurrences ({", ".join(_OCC_COLUMNS)}, owner, fencing, lease_until)
-    SELECT {", ".join(f"%(o_{c})s" for c in _OCC_COLUMNS)}, %(owner)s, nextval('fencing'),
-        CASE WHEN %(leased)s THEN now() + make_interval(secs => %(lease)s) END
-    WHERE (SELECT ok FROM verdict)
-    ON CONFLICT (job, scheduled_ms) DO UPDATE SET owner = occurrences.owner
-        WHERE occurrences.owner = %(owner)s AND occurrences.state IN ('planned', 'running')
-    RETURNING fencing
-"""
-# One statement: the occurrence's final state (fenced) and, if it was ours, its job's
-# shared counters, incremented in SQL.
-_FINISH = """
-    WITH occ AS (
-        UPDATE occurrences SET state = %(state)s, reason = %(reason)s,
-            attempts = %(attempts)s, last_error = %(error)s, started_ms = %(started)s,
-            finished_ms = %(finished)s, duration_ms = %(duration)s,
-            next_attempt_ms = %(next_attempt)s, lease_until = NULL
-        WHERE job = %(job)s AND scheduled_ms = %(scheduled)s AND owner = %(owner)s
-            AND fencing = %(fencing)s AND state IN ('planned', 'running')
-        RETURNING 1
-    ), counted AS (
-        UPDATE jobs SET
-            execution_count = execution_count + CASE WHEN %(counted)s THEN 1 ELSE 0 END,
-            last_outcome = CASE WHEN %(ran)s THEN %(state)s ELSE last_outcome END,
-            last_error = CASE WHEN %(ran)s THEN %(error)s ELSE last_error END,
-            last_started_ms = CASE WHEN %(ran)s THEN %(job_started)s ELSE last_started_ms END,
-            last_finished_ms = CASE WHEN %(ran)s THEN %(job_finished)s ELSE last_finished_ms END,
-            retry_count = CASE WHEN %(ran)s THEN %(retry_count)s ELSE retry_count END,
-            succeeded_hash = COALESCE(%(succeeded_hash)s, succeeded_hash),
-            status = %(status)s, next_fire_ms = %(next_fire)s,
-            changed = CASE WHEN %(ran)s THEN nextval('job_changes') ELSE changed END
-        WHERE name = %(job)s AND EXISTS (SELECT 1 FROM occ)
-        RETURNING 1
-    )
-    SELECT count(*) FROM occ
-"""
-_UPDATE_OCC = """
-    UPDATE occurrences SET state = %s, reason = %s, attempts = %s, last_error = %s,
-        started_ms = %s, next_attempt_ms = %s
-    WHERE job = %s AND scheduled_ms = %s AND owner = %s AND fencing = %s
-        AND state IN ('planned', 'running')
-"""
 _TAKEOVER = f"""
     UPDATE occurrences SET owner = %s, fencing = nextval('fencing'),
         lease_until = now() + make_interval(secs => %s)
     WHERE (job, scheduled_ms) IN (
         SELECT job, scheduled_ms FROM occurrences
-        WHERE {_OPEN} AND (lease_until < now() OR owner = %s) AND job = ANY(%s)
+        WHERE {_OPEN} AND owner <> '' AND (lease_until < now() OR owner = %s)
+            AND job = ANY(%s)
         ORDER BY scheduled_ms LIMIT {TAKEOVER_BATCH} FOR UPDATE SKIP LOCKED)
     RETURNING {", ".join(_OCC_COLUMNS)}, fencing
 """
 
 
-@dataclass
-class Lease:
-    """An occurrence this replica holds: its fencing token and until when it may start it."""
-
-    fencing: int
-    valid_until: float  # local monotonic seconds; the database's lease ends later
-
-
-class _Claims(_Connections):
+class _Claims(_Writer):
     """The claims and leases of a `PostgresStore`: its writes about occurrences, its keeper."""
 
     margin_s: float
     _claims: dict[tuple[str, int], asyncio.Future[bool]]
     _changed: int
     _expired: set[tuple[str, int]]
+    _news: asyncio.Event  # another replica paused or resumed a job: read the jobs now
 
     # ---- Claims: what the scheduler asks as a replica --------------------------------------
 
@@ -141,6 +59,9 @@ class _Claims(_Connections):
         won: bool = await asyncio.shield(done)
         return won
 
+    def skipped_here(self, occurrence: Occurrence) -> str | None:
+        return self._skips.pop((occurrence.job, occurrence.scheduled_ms), None)
+
     def may_start(self, occurrence: Occurrence) -> bool:
         lease = self.held.get((occurrence.job, occurrence.scheduled_ms))
         if lease is None or not self.available:
@@ -150,66 +71,88 @@ class _Claims(_Connections):
     def released(self, occurrence: Occurrence) -> None:
         key = (occurrence.job, occurrence.scheduled_ms)
         self._claims.pop(key, None)
+        self._waiting.pop(key, None)
         if occurrence.state in OPEN_STATES:
             self.held.pop(key, None)  # left open: its lease lapses and a replica takes it
         # A final one stays held until its finish is written (renewed meanwhile).
 
-    # ---- the writes ---------------------------------------------------------------------------
-
-    async def _save_job(self, conn: psycopg.AsyncConnection[Any], row: tuple[Any, ...]) -> None:
-        cursor = await conn.execute(_SAVE_JOB, row)
-        stored = SharedJob(*(await cursor.fetchone() or ()))
-        anchor = row[_JOB_COLUMNS.index("anchor_ms")]
-        if stored.anchor_ms != anchor and self.replica is not None:
-            self.replica.shared([stored])  # another replica saw this definition first
-
-    async def _claim(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        key: tuple[str, int],
-        params: dict[str, Any],
-        job_row: tuple[Any, ...],
-    ) -> bool:
-        sent = self.clock.monotonic()
-        row = await (await conn.execute(_CLAIM, params)).fetchone()
-        if row is None:
-            return False  # claimed by another replica first, or refused (see _CLAIM)
-        if params["leased"]:
-            self.held[key] = Lease(row[0], sent + self.lease_s)
-        await self._save_job(conn, job_row)
-        return True
-
-    async def _finish(
-        self, conn: psycopg.AsyncConnection[Any], key: tuple[str, int], params: dict[str, Any]
-    ) -> None:
-        row = await (await conn.execute(_FINISH, params)).fetchone()
-        if not row or row[0] != 1:
-            # Taken over (or already final): the other replica's result is the record.
-            log.warning(
-                "run.fenced",
-                job=key[0],
-                scheduled_at=datetime.fromtimestamp(key[1] / 1000, UTC).isoformat(),
-                replica=self.replica_id,
-            )
-        self.held.pop(key, None)
-
     # ---- the lease keeper ---------------------------------------------------------------------
 
     async def _keep_forever(self) -> None:
-        """Every lease/3: renew our leases, take over expired ones, read others' changes."""
+        """Every lease/3: renew our leases, take over expired ones, read others' changes,
+        and look for unowned occurrences (should a notification have been missed)."""
         while True:
             with contextlib.suppress(StoreUnavailable):
-                await self._db("keeper", self._renew)
+                async with self._rows:
+                    await self._db("keeper", self._renew)
                 known = self.replica.known_jobs() if self.replica is not None else set()
                 taken = await self._db("keeper", functools.partial(self._take_over, known=known))
-                shared = await self._db("keeper", self._read_shared)
-                if self.replica is not None:
-                    if taken:
-                        self.replica.adopt(taken)
-                    if shared:
-                        self.replica.shared(shared)
+                await self._read_news()
+                taken = self._to_waiting_runs(taken)
+                if taken and self.replica is not None:
+                    self.replica.adopt(taken)
+                self._recheck()
             self._expire()
             await self.clock.sleep(self._keeper_sleep())
+
+    async def _read_news(self, conn_name: str = "keeper") -> None:
+        shared = await self._db(conn_name, self._read_shared)
+        if shared and self.replica is not None:
+            self.replica.shared(shared)
+
+    async def _news_forever(self) -> None:
+        """Pause and resume on another replica reach this one as soon as it says so."""
+        while True:
+            await self._news.wait()
+            self._news.clear()
+            with contextlib.suppress(StoreUnavailable):
+                await self._read_news("news")  # its own connection: the keeper may be busy
+            self._recheck()  # a resumed job's occurrences may be claimed now
+
+    async def _listen_forever(self) -> None:
+        """LISTEN on its own connection: `claim <replica>` (unowned occurrences were
+        planned) and `jobs <replica>` (a pause or resume). Losing it only delays: the
+        keeper looks every lease/3 regardless."""
+        while True:
+            with contextlib.suppress(psycopg.Error, OSError):
+                conn = await self._connect_listener()
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._news.set()  # what was missed while not listening
+                    async for notice in conn.notifies():
+                        self._notice(notice.payload)
+            await self.clock.sleep(1.0)
+
+    async def _connect_listener(self) -> psycopg.AsyncConnection[Any]:
+        connecting = asyncio.ensure_future(
+            psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=max(1, round(self.timeout_s))
+            )
+        )
+        try:
+            conn = await asyncio.shield(connecting)
+        except asyncio.CancelledError:  # stopped while connecting: close what comes
+            connecting.add_done_callback(self._abandon_listener)
+            raise
+        self._conns["listener"] = conn  # closed by `aclose`, which cancels this task
+        return conn
+
+    def _abandon_listener(self, connecting: asyncio.Future[psycopg.AsyncConnection[Any]]) -> None:
+        if not connecting.cancelled() and connecting.exception() is None:
+            closing = asyncio.ensure_future(connecting.result().close())
+            self._abandoned.add(closing)
+            closing.add_done_callback(self._abandoned.discard)
+
+    def _notice(self, payload: str) -> None:
+        what, _, sender = payload.partition(" ")
+        if sender == self.replica_id:
+            return
+        if what == "claim":
+            # The replica that planned them claims first what it has room for; the
+            # rest spills over to the others a moment later.
+            asyncio.get_running_loop().call_later(SPILL_S * 1.5, self._recheck)
+        elif what == "jobs":
+            self._news.set()
 
     def _keeper_sleep(self) -> float:
         if self.available:
@@ -234,6 +177,27 @@ class _Claims(_Connections):
             elif lease.fencing in tokens:  # re-owned by another replica meanwhile
                 self.held.pop(key, None)
                 self._lost(key)
+
+    def _to_waiting_runs(self, taken: list[Occurrence]) -> list[Occurrence]:
+        """Taken over while this replica's own run of it still waits for the verdict
+        (it was busy, so it had not learnt the dead replica's claim): that run gets it.
+        Returns the others, for `adopt`."""
+        others = []
+        for occ in taken:
+            key = (occ.job, occ.scheduled_ms)
+            if key not in self._waiting:
+                others.append(occ)
+                continue
+            log.warning(
+                "run.taken_over",
+                job=occ.job,
+                scheduled_at=datetime.fromtimestamp(occ.scheduled_ms / 1000, UTC).isoformat(),
+                trigger=occ.trigger,
+                attempts=occ.attempts,
+                idempotency_key=occ.idempotency_key,
+            )
+            self._settle(key, True)
+        return others
 
     async def _take_over(
         self, conn: psycopg.AsyncConnection[Any], *, known: set[str], mine: bool = False

@@ -9,7 +9,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 import structlog
@@ -20,9 +20,6 @@ from psycopg.types.string import StrDumperUnknown
 from runner.errors import RunnerError
 from runner.store import Replica
 from runner.timing.clock import Clock
-
-if TYPE_CHECKING:
-    from runner.store.postgres.claims import Lease
 
 log = structlog.get_logger("runner.store")
 
@@ -77,11 +74,23 @@ def default_replica_id() -> str:
 
 
 @dataclass
-class _Write:
-    """One queued write: a coroutine over a connection, run in its own transaction."""
+class Lease:
+    """An occurrence this replica holds: its fencing token and until when it may start it."""
 
-    run: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]
+    fencing: int
+    valid_until: float  # local monotonic seconds; the database's lease ends later
+
+
+@dataclass
+class _Write:
+    """One queued write. `plain`: a coroutine over a connection, in its own transaction;
+    the other kinds (`job`, `plan`, `update`, `finish`) are rows the writer batches, and
+    `poke` only wakes it (runner.store.postgres.writer)."""
+
+    run: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]] | None = None
     done: asyncio.Future[Any] | None = None
+    kind: str = "plain"
+    row: tuple[Any, ...] = ()
 
 
 class _Connections:
@@ -101,35 +110,14 @@ class _Connections:
     _conns: dict[str, psycopg.AsyncConnection[Any]]
     _reader: psycopg.Connection[Any] | None
     _abandoned: set[asyncio.Future[Any]]
-
-    # ---- the writer ------------------------------------------------------------------------
-
-    async def _write_forever(self) -> None:
-        """One writer, in queue order, one transaction per write, retried until it lands."""
-        while True:
-            write = await self._queue.get()
-            while True:
-                try:
-                    result = await self._db("writer", write.run)
-                    break
-                except StoreRejected as exc:
-                    log.error(
-                        "store.write_rejected",
-                        state=display_dsn(self.dsn),
-                        reason=exc.reason,
-                        decision="dropped: the same write cannot succeed on retry",
-                    )
-                    result = False
-                    break
-                except StoreUnavailable:
-                    await self.clock.sleep(min(1.0, self.lease_s / 6))
-            if write.done is not None and not write.done.done():
-                write.done.set_result(bool(result))
-            self._queue.task_done()
+    _stale: set[str]  # connections to replace before their next use (after an outage)
 
     # ---- connections and failure -----------------------------------------------------------------
 
     async def _conn(self, name: str) -> psycopg.AsyncConnection[Any]:
+        if name in self._stale:
+            self._stale.discard(name)
+            await self._drop(name)
         conn = self._conns.get(name)
         if conn is None or conn.closed:
             conn = await psycopg.AsyncConnection.connect(
@@ -166,13 +154,17 @@ class _Connections:
         try:
             result = task.result()
         except _REJECTED as exc:
-            self._up()  # it answered: the database is there, the statement is wrong
+            self._up(name)  # it answered: the database is there, the statement is wrong
             raise StoreRejected(f"{type(exc).__name__}: {str(exc).strip()[:200]}") from exc
+        except psycopg.errors.TransactionRollback as exc:
+            # A deadlock or serialization failure: the database is there and rolled the
+            # statement back; the caller retries it, nothing is down.
+            raise StoreUnavailable(type(exc).__name__) from exc
         except (psycopg.Error, OSError) as exc:
             await self._drop(name)
             self._down(f"{type(exc).__name__}: {str(exc).strip()[:200]}")
             raise StoreUnavailable(type(exc).__name__) from exc
-        self._up()
+        self._up(name)
         return result
 
     async def _transaction(
@@ -218,11 +210,14 @@ class _Connections:
         if self.replica is not None:
             self.replica.store_available(False)
 
-    def _up(self) -> None:
+    def _up(self, name: str) -> None:
         if self.available:
             return
         away = self.clock.monotonic() - (self.down_since or 0.0)
         self.available, self.down_since = True, None
+        # The others' connections outlived the outage and may not have survived it: each
+        # is replaced when its (only) user next takes it, never under a call in flight.
+        self._stale = {other for other in self._conns if other not in (name, "listener")}
         log.warning("store.recovered", state=display_dsn(self.dsn), away_s=round(away, 1))
         if self.replica is not None:
             self.replica.store_available(True)

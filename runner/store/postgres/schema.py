@@ -62,6 +62,14 @@ MIGRATIONS: list[str] = [
         WHERE state IN ('planned', 'running');
     CREATE INDEX occurrences_finished ON occurrences (finished_ms);
     """,
+    # Issue 14: occurrences are planned unowned (owner '') and claimed by whichever
+    # replica has room, oldest first; the one that planned it (`planner`) first, alone
+    # until `lease_until`.
+    """
+    ALTER TABLE occurrences ADD COLUMN planner TEXT NOT NULL DEFAULT '';
+    CREATE INDEX occurrences_unclaimed ON occurrences (scheduled_ms)
+        WHERE owner = '' AND state = 'planned';
+    """,
 ]
 
 _JOB_COLUMNS = [f.name for f in fields(JobRecord)]

@@ -4,39 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import structlog
 
 from runner.store import OPEN_STATES, JobRecord, Occurrence, Replica
-from runner.store.postgres.claims import _UPDATE_OCC, Lease, _Claims
-from runner.store.postgres.connection import _Write, default_replica_id, display_dsn
+from runner.store.postgres.batch_sql import CHANNEL, HAND_BACK
+from runner.store.postgres.claims import _Claims
+from runner.store.postgres.connection import Lease, _Write, default_replica_id, display_dsn
 from runner.store.postgres.schema import (
     _JOB_COLUMNS,
-    _OCC_PARAMS,
     _OPEN,
     _SELECT_OCC,
     _job_row,
     _occ_row,
     migrate,
 )
+from runner.store.postgres.writer import _Verdict
 from runner.timing.clock import Clock
+
+log = structlog.get_logger("runner.store")
 
 
 class PostgresStore(_Claims):
     """State shared by replicas in one PostgreSQL database (psycopg 3, async).
 
-    Protocol (README "Several replicas on PostgreSQL"):
+    Protocol (README "Several replicas on PostgreSQL", issue 14):
 
-    - claim: `INSERT ... ON CONFLICT DO NOTHING` of (job, scheduled_ms) with `owner` (this
-      replica), `lease_until` (database time) and `fencing` (a sequence number). Inserted:
-      this replica runs it. Also refused when the job is paused, its `limit` is reached
-      (counted in the database, under the job row's lock) or, for the same definition, the
-      occurrence comes from another first sighting than the one stored.
+    - plan: every replica that fires an occurrence inserts it if absent, unowned, keyed
+      by (job, scheduled_ms); refused when the job is paused, its `limit` is reached
+      (counted in the database) or, for the same definition, the occurrence comes from
+      another first sighting than the one stored.
+    - claim: each replica takes as many unowned occurrences as it has room for
+      (`claim_limit` minus the leases it holds), oldest first, `FOR UPDATE SKIP LOCKED`,
+      setting `owner`, `lease_until` (database time) and `fencing` (a sequence number).
+      An occurrence this replica planned itself answers its `claimed`; one planned by
+      another replica (a trigger, a replica ahead of us) is handed over through `adopt`.
     - lease: renewed every lease/3 for every open occurrence held; writes about an
-      occurrence are fenced (`WHERE owner = me AND fencing = token`), so a replica that lost
-      it changes nothing.
+      occurrence are fenced (`WHERE owner = me AND fencing = token`), so a replica that
+      lost it changes nothing.
     - takeover: open occurrences whose lease expired are re-owned with a new fencing token
       and run again with the same idempotency key.
     - degraded: any failed or slow database call marks the replica unavailable; it claims
@@ -44,9 +53,10 @@ class PostgresStore(_Claims):
       expiry than lease/3. It reconnects on its own and says so (`store.recovered`).
 
     The scheduler calls `Store` methods synchronously from the event loop: here they queue
-    the write for one writer task (in order, one transaction each) and return at once; the
-    claim's verdict is awaited by the run task (`claimed`). Operator reads (`read_history`)
-    are awaited on a connection of their own, within the same client-side timeout.
+    the write for one writer task, which applies everything queued meanwhile in a few
+    statements per tick (runner.store.postgres.writer); the claim's verdict is awaited by
+    the run task (`claimed`). Operator reads (`read_history`) are awaited on a connection
+    of their own, within the same client-side timeout.
     """
 
     def __init__(
@@ -57,6 +67,7 @@ class PostgresStore(_Claims):
         replica_id: str | None = None,
         lease_s: float = 30.0,
         timeout_s: float | None = None,
+        claim_limit: int = 64,
     ) -> None:
         self.dsn = dsn
         self.clock = clock
@@ -64,12 +75,14 @@ class PostgresStore(_Claims):
         self.lease_s = lease_s
         self.margin_s = lease_s / 3
         self.timeout_s = timeout_s or min(5.0, lease_s / 4)
+        self.claim_limit = claim_limit
         self.held: dict[tuple[str, int], Lease] = {}
         self.replica: Replica | None = None
         self.available = True
         self.down_since: float | None = None
         self.down_reason = ""
         self._claims: dict[tuple[str, int], asyncio.Future[bool]] = {}
+        self._finishes = itertools.count()
         self._queue: asyncio.Queue[_Write] = asyncio.Queue()
         self._jobs: dict[str, JobRecord] = {}
         self._open: list[Occurrence] = []
@@ -79,6 +92,14 @@ class PostgresStore(_Claims):
         self._changed = 0
         self._expired: set[tuple[str, int]] = set()
         self._abandoned: set[asyncio.Future[Any]] = set()
+        self._waiting: dict[tuple[str, int], _Verdict] = {}
+        self._unclaimed = True
+        self._poked = False
+        self._rows = asyncio.Lock()
+        self._stale: set[str] = set()
+        self._known: tuple[set[str], str] = (set(), "")
+        self._skips: dict[tuple[str, int], str] = {}
+        self._news = asyncio.Event()
 
     # ---- start and stop ----------------------------------------------------------------
 
@@ -94,14 +115,21 @@ class PostgresStore(_Claims):
         self._open = await self._take_over(conn, known=known_jobs, mine=True)
 
     def start(self) -> None:
-        """The writer and the lease keeper; call once the scheduler is attached and started."""
+        """The writer, the lease keeper and the listener; call once the scheduler is
+        attached and started."""
         self._tasks = [
             asyncio.create_task(self._write_forever(), name="store-writer"),
             asyncio.create_task(self._keep_forever(), name="store-keeper"),
+            asyncio.create_task(self._news_forever(), name="store-news"),
+            asyncio.create_task(self._listen_forever(), name="store-listener"),
         ]
+        self._poke()  # unowned occurrences left by others
 
     async def aclose(self, flush_s: float = 5.0) -> None:
-        """Flush queued writes (up to `flush_s`), hand our open leases back, disconnect."""
+        """Flush queued writes (up to `flush_s`), hand our open leases back, disconnect.
+
+        Occurrences never attempted go back unowned (any replica claims them at once);
+        the others get an expired lease (the next replica's keeper takes them over)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), flush_s)
         for task in self._tasks:
@@ -109,13 +137,7 @@ class PostgresStore(_Claims):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             conn = await self._conn("writer")
-            await asyncio.wait_for(
-                conn.execute(
-                    f"UPDATE occurrences SET lease_until = now() WHERE owner = %s AND {_OPEN}",
-                    (self.replica_id,),
-                ),
-                self.timeout_s,
-            )
+            await asyncio.wait_for(conn.execute(HAND_BACK, {"me": self.replica_id}), self.timeout_s)
         for conn in self._conns.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 1.0)
@@ -138,30 +160,32 @@ class PostgresStore(_Claims):
         return list(self._open)
 
     def save_job(self, record: JobRecord) -> None:
-        row = _job_row(record)
-        self._queue.put_nowait(_Write(lambda conn: self._save_job(conn, row)))
+        self._queue.put_nowait(_Write(kind="job", row=_job_row(record)))
 
-    def plan(self, occurrence: Occurrence, record: JobRecord, *, limit: int | None = None) -> bool:
-        """Queue the claim; True at once, the verdict comes through `claimed`."""
+    def plan(
+        self,
+        occurrence: Occurrence,
+        record: JobRecord,
+        *,
+        limit: int | None = None,
+        forbid: bool = False,
+    ) -> bool:
+        """Queue the plan; True at once, the verdict comes through `claimed`."""
         key = (occurrence.job, occurrence.scheduled_ms)
         final = occurrence.state not in OPEN_STATES  # a skipped one: recorded, never run
         check = occurrence.trigger != "manual" and not final
-        params: dict[str, Any] = dict(zip(_OCC_PARAMS, _occ_row(occurrence), strict=True))
-        params |= {
-            "job": occurrence.job,
-            "check": check,
-            "definition": record.definition_hash,
-            "anchor": record.anchor_ms,
-            "limit": limit if check else None,
-            "owner": self.replica_id,
-            "leased": not final,
-            "lease": self.lease_s,
-        }
-        job_row = _job_row(record)
-        done = None if final else asyncio.get_running_loop().create_future()
-        if done is not None:
+        row = (
+            *_occ_row(occurrence),
+            *(check, record.definition_hash, record.anchor_ms, limit if check else None),
+            not final,
+            forbid and check,
+        )
+        if not final:
+            done = asyncio.get_running_loop().create_future()
             self._claims[key] = done
-        self._queue.put_nowait(_Write(lambda conn: self._claim(conn, key, params, job_row), done))
+            self._waiting[key] = _Verdict(done)
+        self._queue.put_nowait(_Write(kind="job", row=_job_row(record)))
+        self._queue.put_nowait(_Write(kind="plan", row=row))
         return True
 
     def update_occurrence(self, occurrence: Occurrence) -> None:
@@ -169,41 +193,26 @@ class PostgresStore(_Claims):
         if lease is None:
             return  # not ours (any more): fencing would refuse it anyway
         o = occurrence
-        params = (
-            *(o.state, o.reason, o.attempts, o.last_error, o.started_ms, o.next_attempt_ms),
-            *(o.job, o.scheduled_ms, self.replica_id, lease.fencing),
+        row = (
+            *(o.job, o.scheduled_ms, lease.fencing, o.state, o.reason, o.attempts),
+            *(o.last_error, o.started_ms, o.next_attempt_ms),
         )
-        self._queue.put_nowait(_Write(lambda conn: conn.execute(_UPDATE_OCC, params)))
+        self._queue.put_nowait(_Write(kind="update", row=row))
 
     def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
-        key = (occurrence.job, occurrence.scheduled_ms)
-        lease = self.held.get(key)
+        lease = self.held.get((occurrence.job, occurrence.scheduled_ms))
         if lease is None:
             return
         o, r = occurrence, record
-        params = {
-            "state": o.state,
-            "reason": o.reason,
-            "attempts": o.attempts,
-            "error": o.last_error,
-            "started": o.started_ms,
-            "finished": o.finished_ms,
-            "duration": o.duration_ms,
-            "next_attempt": o.next_attempt_ms,
-            "job": o.job,
-            "scheduled": o.scheduled_ms,
-            "owner": self.replica_id,
-            "fencing": lease.fencing,
-            "ran": o.state in ("succeeded", "failed"),
-            "counted": o.state in ("succeeded", "failed") and o.trigger != "manual",
-            "job_started": r.last_started_ms,
-            "job_finished": r.last_finished_ms,
-            "retry_count": r.retry_count,
-            "succeeded_hash": r.succeeded_hash,
-            "status": r.status,
-            "next_fire": r.next_fire_ms,
-        }
-        self._queue.put_nowait(_Write(lambda conn: self._finish(conn, key, params)))
+        ran = o.state in ("succeeded", "failed")
+        row = (
+            *(o.job, o.scheduled_ms, lease.fencing, o.state, o.reason, o.attempts),
+            *(o.last_error, o.started_ms, o.next_attempt_ms, o.finished_ms, o.duration_ms),
+            *(next(self._finishes), ran, ran and o.trigger != "manual"),
+            *(r.last_started_ms, r.last_finished_ms, r.retry_count, r.succeeded_hash),
+            *(r.status, r.next_fire_ms),
+        )
+        self._queue.put_nowait(_Write(kind="finish", row=row))
 
     async def read_history(self, job: str, limit: int = 50) -> list[Occurrence]:
         """On the loop, never blocking it: a connection of its own, the client-side timeout
@@ -219,17 +228,32 @@ class PostgresStore(_Claims):
         return [Occurrence(*row) for row in rows]
 
     def prune(self, before_ms: int) -> int:
-        """Queued; every replica prunes the same rows, harmlessly. Returns 0 (not counted)."""
+        """Queued: returns 0, and the writer logs `history.pruned` with what it deleted
+        (every replica prunes; whichever comes first deletes the rows)."""
         sql = (
             f"DELETE FROM occurrences WHERE finished_ms IS NOT NULL AND finished_ms < %s "
             f"AND NOT {_OPEN}"
         )
-        self._queue.put_nowait(_Write(lambda conn: conn.execute(sql, (before_ms,))))
+
+        async def work(conn: psycopg.AsyncConnection[Any]) -> int:
+            deleted = (await conn.execute(sql, (before_ms,))).rowcount
+            if deleted:
+                log.info("history.pruned", occurrences=deleted, replica=self.replica_id)
+            return deleted
+
+        self._queue.put_nowait(_Write(work))
         return 0
 
     def set_paused(self, name: str, paused: bool) -> None:
-        sql = "UPDATE jobs SET paused = %s, changed = nextval('job_changes') WHERE name = %s"
-        self._queue.put_nowait(_Write(lambda conn: conn.execute(sql, (paused, name))))
+        """Shared at once: the other replicas are told (NOTIFY) and read it back."""
+        sql = (
+            "UPDATE jobs SET paused = %(paused)s, changed = nextval('job_changes') "
+            f"WHERE name = %(name)s RETURNING pg_notify('{CHANNEL}', 'jobs ' || %(me)s)"
+        )
+        params = {"paused": paused, "name": name, "me": self.replica_id}
+        self._queue.put_nowait(_Write(lambda conn: conn.execute(sql, params)))
+        if not paused:
+            self._recheck()  # its occurrences may be claimed again
 
     def status(self) -> tuple[bool, str]:
         where = display_dsn(self.dsn)
