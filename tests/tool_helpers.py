@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -20,13 +21,10 @@ def require_tool(name: str, package: str | None = None) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = (
+    missing(
         f"{name} is not installed (Debian package {package or name}; "
         "scripts/test-tools installs it as root)"
     )
-    if REQUIRED:
-        pytest.fail(f"RUNNER_REQUIRE_TOOLS=1 but {reason}")
-    pytest.skip(reason)
 
 
 def require_faketime() -> str:
@@ -34,9 +32,13 @@ def require_faketime() -> str:
     found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
     if found:
         return str(found[0])
-    reason = (
+    missing(
         "libfaketime is not installed (Debian package faketime; scripts/test-tools installs it)"
     )
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the test for `reason`, or fail it where CI requires every tool."""
     if REQUIRED:
         pytest.fail(f"RUNNER_REQUIRE_TOOLS=1 but {reason}")
     pytest.skip(reason)

@@ -20,7 +20,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from runner.daemon.control_server import ControlAccess
@@ -222,15 +222,14 @@ class _Api:
             return self._failed(None, exc)
         return Response(body, media_type=media_type)
 
-    def reply(self, payload: Any, status: int = 200) -> JSONResponse:
-        if self.secrets is not None:
-            payload = redact(payload, self.secrets.forms())
-        return JSONResponse(payload, status_code=status)
+    def reply(self, payload: Any, status: int = 200) -> Response:
+        """A JSON body, redacted and encoded as the shared bodies are (`_json`)."""
+        return Response(self._json(payload), status_code=status, media_type="application/json")
 
-    def error(self, status: int, error: str, detail: str) -> JSONResponse:
+    def error(self, status: int, error: str, detail: str) -> Response:
         return self.reply({"error": error, "detail": detail}, status)
 
-    async def call(self, name: str | None, fn: Callable[[], Any]) -> JSONResponse:
+    async def call(self, name: str | None, fn: Callable[[], Any]) -> Response:
         """Run a view method about job `name`: KeyError is 404, ValueError 409, others 500."""
         try:
             result = fn()
@@ -248,7 +247,7 @@ class _Api:
             return self.error(404, "not_found", f"no job named {name!r}")
         return self.reply(result)
 
-    def _failed(self, name: str | None, exc: Exception) -> JSONResponse:
+    def _failed(self, name: str | None, exc: Exception) -> Response:
         # The daemon keeps serving; the operator sees a 500 and the log has the traceback.
         log.exception("control.failed", job=name, error=type(exc).__name__)
         return self.error(500, "internal", f"{type(exc).__name__} (see the daemon's log)")
