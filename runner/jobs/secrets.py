@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import json
 import os
 import re
@@ -289,8 +290,11 @@ def _read_file(ref: str, path: Path) -> str:
 
 def is_secret_key(key: object) -> bool:
     """'x-access-token', 'Access_Token' and 'accessToken' all name a secret."""
-    if not isinstance(key, str):
-        return False
+    return isinstance(key, str) and _is_secret_name(key)
+
+
+@functools.lru_cache(maxsize=4096)  # log keys and input keys repeat on every line and call
+def _is_secret_name(key: str) -> bool:
     return key.lower().replace("-", "").replace("_", "").replace(" ", "") in SECRET_KEYS
 
 
@@ -340,6 +344,9 @@ def _hide_cut_end(text: str, secret: str) -> str:
     return text
 
 
+_NUMBERS = (int, float, bool)
+
+
 def redact_processor(registry: SecretRegistry) -> Processor:
     """A structlog processor; put it after format_exc_info, just before the renderer."""
 
@@ -348,9 +355,14 @@ def redact_processor(registry: SecretRegistry) -> Processor:
     ) -> MutableMapping[str, Any]:
         secrets = registry.forms()
         for key, value in list(event_dict.items()):
-            if is_secret_key(key) and value is not None:
+            if value is None:
+                continue
+            if is_secret_key(key):
                 event_dict[key] = REDACTED
-            else:
+            elif type(value) is str:  # most values: spare redact()'s type tests
+                if secrets:
+                    event_dict[key] = _redact_text(value, secrets, False)
+            elif type(value) not in _NUMBERS:
                 event_dict[key] = redact(value, secrets)
         return event_dict
 
