@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import gzip
 import hashlib
 import json
@@ -25,6 +26,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 GZIP_THRESHOLD = 200 * 1024  # bytes; bodies strictly larger are gzip-compressed
 _IV_BYTES = 16
 _BLOCK_BITS = 128
+_BLOCK_BYTES = _BLOCK_BITS // 8
 
 
 class WireError(ValueError):
@@ -61,6 +63,11 @@ def _key(public_key: str) -> bytes:
     return hashlib.sha256(public_key.encode("utf-8")).digest()
 
 
+@functools.lru_cache(maxsize=8)  # one workspace key per daemon: derive it once
+def _aes(public_key: str) -> algorithms.AES:
+    return algorithms.AES(_key(public_key))
+
+
 def _json_default(value: Any) -> Any:
     # YAML and TOML job files can hold dates and times; Ductape receives them as ISO 8601.
     if isinstance(value, datetime | date | time):
@@ -79,11 +86,11 @@ def encrypt_payload(payload: dict[str, Any], public_key: str, iv: bytes | None =
     iv = os.urandom(_IV_BYTES) if iv is None else iv
     if len(iv) != _IV_BYTES:
         raise WireError(f"IV must be {_IV_BYTES} bytes, got {len(iv)}")
-    padder = padding.PKCS7(_BLOCK_BITS).padder()
-    padded = padder.update(dumps(payload)) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(_key(public_key)), modes.CBC(iv)).encryptor()
-    sealed = encryptor.update(padded) + encryptor.finalize()
-    return f"{iv.hex()}:{base64.b64encode(sealed).decode('ascii')}"
+    plain = dumps(payload)
+    pad = _BLOCK_BYTES - len(plain) % _BLOCK_BYTES  # PKCS#7: 1..16 bytes, each = their count
+    encryptor = Cipher(_aes(public_key), modes.CBC(iv)).encryptor()
+    sealed = encryptor.update(plain + bytes((pad,)) * pad) + encryptor.finalize()
+    return f"{iv.hex()}:{binascii.b2a_base64(sealed, newline=False).decode('ascii')}"
 
 
 def decrypt_payload(text: str, public_key: str) -> dict[str, Any]:
