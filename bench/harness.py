@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/harness.py [--sizes 1000,10000,100000] [--burst 10000]
         [--spread 60] [--only runner|apscheduler] [--peers httpx,aiohttp] [--profile DIR]
-        [--out bench/RESULTS.md]
+        [--rounds 1] [--out bench/RESULTS.md]
 
 For each workload (N one-shot jobs whose instants are spread uniformly over `--spread`
 seconds, then `--burst` jobs all due at one instant) and each side, one fresh emulator
@@ -19,13 +19,17 @@ The scheduler starts well before the first instant (warm-up: the daemon's
 `daemon.started` log line, the worker's `ready`), then the harness waits for every call.
 Lateness is the emulator's `received_at` minus the instant carried in the idempotency
 key; CPU seconds and peak RSS (VmHWM) are the scheduler process's, from psutil and
-/proc. Prints a Markdown table and writes it, with the machine and the command, to
+/proc; the emulator's CPU seconds over the same window say when the server, not the
+scheduler, was the limit (both share the machine's cores). `--rounds N` runs each
+workload N times with the sides alternating and reports each measure's median.
+Prints a Markdown table and writes it, with the machine and the command, to
 bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -33,6 +37,7 @@ import platform
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +87,8 @@ class Result:
     cpu_s: float  # from ready to the end (the firing phase)
     startup_cpu_s: float
     peak_rss_mb: float
+    emulator_cpu_s: float = math.nan  # the emulator's CPU from ready to the end
+    rounds: int = 1
 
     @property
     def rate(self) -> float:
@@ -102,6 +109,13 @@ def free_port() -> int:
 @contextmanager
 def emulator_process() -> Iterator[str]:
     """A fresh emulator in its own process; yields its base URL."""
+    with emulator_with_pid() as (url, _):
+        yield url
+
+
+@contextmanager
+def emulator_with_pid() -> Iterator[tuple[str, int]]:
+    """A fresh emulator in its own process; yields its base URL and process id."""
     port = free_port()
     command = [sys.executable, "-m", "runner.ductape.emulator", "--port", str(port)]
     command += ["--no-access-log", "--log-level", "warning"]
@@ -117,7 +131,7 @@ def emulator_process() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise SystemExit("emulator did not start") from None
                 time.sleep(0.05)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -182,6 +196,8 @@ def start_runner(
         "DUCTAPE_RUNNER_ACCESS_TOKEN": emu.DEMO_ACCESS_TOKEN,
         "DUCTAPE_RUNNER_CONTROL_SOCKET": str(tmp / "control.sock"),
         "DUCTAPE_RUNNER_LOG_JSON": "true",
+        # Passed through for a side-by-side of the daemon's event loops.
+        "DUCTAPE_RUNNER_EVENT_LOOP": os.environ.get("DUCTAPE_RUNNER_EVENT_LOOP", "auto"),
     }
     log = tmp / "runner.log"
     with log.open("wb") as out:
@@ -266,8 +282,9 @@ def lateness(calls: list[dict[str, Any]]) -> tuple[list[float], float]:
 
 
 def measure(side: str, work: Workload, profile: Path | None) -> Result:
-    with tempfile.TemporaryDirectory() as name, emulator_process() as url:
+    with tempfile.TemporaryDirectory() as name, emulator_with_pid() as (url, emulator_pid):
         tmp = Path(name)
+        emulator = psutil.Process(emulator_pid)
         t0_ms = math.ceil(time.time() + lead_s(work.jobs)) * 1000
         instants = work.instants(t0_ms)
         launched = time.monotonic()
@@ -283,10 +300,12 @@ def measure(side: str, work: Workload, profile: Path | None) -> Result:
         ps = psutil.Process(proc.pid)
         wait_for_line(log, ready, proc, limit_s=lead_s(work.jobs) + 60)
         startup_s, startup_cpu = time.monotonic() - launched, cpu_seconds(ps)
+        emulator_before = cpu_seconds(emulator)
         if time.time() * 1000 > t0_ms - 500:
             print(f"  warning: {side} was ready only {t0_ms / 1000 - time.time():.2f} s early")
         calls = wait_for_calls(url, work.jobs, instants[-1])
         cpu, rss = cpu_seconds(ps), peak_rss_mb(proc.pid)
+        emulator_cpu = cpu_seconds(emulator) - emulator_before
         stop(proc)
         errors = count_errors(side, log, calls)
     late, last_arrival = lateness(calls)
@@ -306,7 +325,23 @@ def measure(side: str, work: Workload, profile: Path | None) -> Result:
         cpu_s=cpu - startup_cpu,
         startup_cpu_s=startup_cpu,
         peak_rss_mb=rss,
+        emulator_cpu_s=emulator_cpu,
     )
+
+
+def median_of(rounds: list[Result]) -> Result:
+    """Each measure's median over the rounds of one side and workload (calls and lost: the
+    worst round, so a loss in any round shows)."""
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def mid(name: str) -> float:
+        return float(statistics.median(getattr(r, name) for r in rounds))
+
+    names = ["p50_ms", "p99_ms", "max_ms", "drain_s", "startup_s", "cpu_s", "startup_cpu_s"]
+    names += ["peak_rss_mb", "emulator_cpu_s"]
+    worst = max(rounds, key=lambda r: (r.lost, r.errors))
+    return dataclasses.replace(worst, rounds=len(rounds), **{n: mid(n) for n in names})
 
 
 def count_errors(side: str, log: Path, calls: list[dict[str, Any]]) -> int:
@@ -345,14 +380,15 @@ def table(results: list[Result]) -> str:
     lines = [
         "| workload | scheduler | calls | lost | errors | p50 ms | p99 ms | max ms "
         "| fire→last call s | calls/s | start-up s | CPU s (firing) | CPU s (start-up) "
-        "| peak RSS MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MiB | emulator CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         cells = [r.workload.label, r.side, f"{r.calls:,}", str(r.lost), str(r.errors)]
         cells += [f"{r.p50_ms:,.1f}", f"{r.p99_ms:,.1f}", f"{r.max_ms:,.1f}"]
         cells += [f"{r.drain_s:.1f}", f"{r.rate:,.0f}", f"{r.startup_s:.1f}"]
         cells += [f"{r.cpu_s:.1f}", f"{r.startup_cpu_s:.1f}", f"{r.peak_rss_mb:,.0f}"]
+        cells += [f"{r.emulator_cpu_s:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -396,6 +432,7 @@ def report(results: list[Result], command: str) -> str:
             "",
             f"Run: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
             "",
+            rounds_note(results),
             table(results),
             "",
             "Ratios, APScheduler / runner (above 1: the runner is better by that factor):",
@@ -403,6 +440,16 @@ def report(results: list[Result], command: str) -> str:
             ratios(results),
             "",
         ]
+    )
+
+
+def rounds_note(results: list[Result]) -> str:
+    count = max((r.rounds for r in results), default=1)
+    if count == 1:
+        return ""
+    return (
+        f"Each row: the median of {count} rounds per measure (sides alternating within each "
+        "round); calls, lost and errors from the worst round.\n"
     )
 
 
@@ -424,6 +471,12 @@ def main() -> None:
         "--peers", default="httpx,aiohttp", help="APScheduler peers' HTTP clients, comma-separated"
     )
     parser.add_argument("--profile", type=Path, help="cProfile the daemon into this folder")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each workload this many times, sides alternating; report each measure's median",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     command = shlex.join([".venv/bin/python", "bench/harness.py", *sys.argv[1:]])
@@ -434,10 +487,13 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     results = []
     for work in workloads(sizes, args.burst, args.spread):
-        for side in sides:
-            print(f"- {work.label}: {side} ...", flush=True)
-            results.append(measure(side, work, args.profile))
-            print(table(results[-1:]).splitlines()[-1], flush=True)
+        rounds: dict[str, list[Result]] = {side: [] for side in sides}
+        for number in range(args.rounds):
+            for side in sides:
+                print(f"- {work.label}: {side} (round {number + 1}) ...", flush=True)
+                rounds[side].append(measure(side, work, args.profile))
+                print(table(rounds[side][-1:]).splitlines()[-1], flush=True)
+        results += [median_of(rounds[side]) for side in sides]
     text = report(results, command)
     print()
     print(text)

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     empty_folder_confirm_s: float = Field(default=300.0, ge=0)
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     log_json: bool | None = None  # default: JSON when stderr is not a terminal
+    # The daemon's event loop: uvloop (libuv) where installed, else asyncio's own.
+    event_loop: str = Field(default="auto", pattern="^(auto|uvloop|asyncio)$")
 
     @field_validator("control_tcp", mode="before")
     @classmethod

@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from runner import __version__
 from runner.errors import Problem, RunnerError
@@ -266,8 +267,6 @@ def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-
     from runner.daemon.logs import configure
     from runner.daemon.service import Daemon
     from runner.jobs.secrets import SecretRegistry
@@ -284,7 +283,24 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         emulator_port=args.emulator_port,
         reset_state=getattr(args, "reset_state", False),
     )
-    return asyncio.run(daemon.run())
+    return _run_loop(daemon.run(), settings.event_loop)
+
+
+def _run_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
+    """Run the daemon on uvloop when installed (issue 12: less CPU per occurrence in the
+    loop's own work), unless `event_loop = "asyncio"`; `uvloop` insists on it."""
+    import asyncio
+
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                main.close()
+                raise SystemExit("event_loop = uvloop, but uvloop is not installed") from None
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
