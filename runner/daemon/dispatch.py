@@ -197,11 +197,16 @@ class Dispatch:
             async with self.slots:
                 run.started = True
                 await self._run_one(run, item)
-            run.queue.popleft()
-            run.busy = False
-            if not run.queue:
-                runs.active.pop(run.key, None)  # done: the job's status no longer counts it
-            self._finished(runs, run, item)
+                run.queue.popleft()
+                run.busy = False
+                if not run.queue:
+                    runs.active.pop(run.key, None)  # done: the job's status no longer counts it
+                self._finished(runs, run, item)
+                # The slot is free once the outcome is on disk (group commit): a crash
+                # calls again at most the occurrences that hold a slot, same key.
+                written = self.store.written()
+                if written is not None:
+                    await written
 
     async def _claim(self, runs: JobRuns, item: Item) -> bool:
         """Wait for the database's verdict on the claim; False when another replica won."""

@@ -7,6 +7,7 @@ Backends: `sqlite` (one daemon) and `postgres` (replicas). May import `runner.er
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -113,6 +114,11 @@ class Store(Protocol):
 
     def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
         """Write a final occurrence state and its job's counters atomically."""
+        ...
+
+    def written(self) -> Awaitable[None] | None:
+        """Resolved once the writes made so far are durable; None when they already are
+        (or the backend has no say: replicas' writers fence their own)."""
         ...
 
     def open_occurrences(self) -> list[Occurrence]: ...

@@ -68,8 +68,9 @@ class FakeClock:
                 waiter.cancel()
 
     async def settle(self) -> None:
-        """Let every runnable task run until all are blocked again."""
-        for _ in range(50):
+        """Let every runnable task run until all are blocked again (a chain of catch-up
+        runs takes a few passes each: the state file's group commit counts passes)."""
+        for _ in range(400):
             await asyncio.sleep(0)
 
     async def advance(self, seconds: float) -> None:

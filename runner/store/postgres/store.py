@@ -199,6 +199,10 @@ class PostgresStore(_Claims):
         )
         self._queue.put_nowait(_Write(kind="update", row=row))
 
+    def written(self) -> None:
+        """The batched writer's own ticks decide; a run does not wait for them."""
+        return None
+
     def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
         lease = self.held.get((occurrence.job, occurrence.scheduled_ms))
         if lease is None:
