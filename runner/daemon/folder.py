@@ -16,6 +16,7 @@ import structlog
 from runner.daemon.reconcile import FileState, Plan, compute_plan
 from runner.daemon.scheduler import Scheduler
 from runner.errors import Problem
+from runner.jobs import stored
 from runner.jobs.loader import (
     Defaults,
     Limits,
@@ -89,6 +90,9 @@ class FolderReconciler:
         # Last good contents from the state file (path -> content), for files that are
         # invalid when first read after a restart (issue 11, item 2).
         self.stored: dict[str, bytes] = {}
+        # Validated jobs kept in the state (path -> (digest, stored form)): an unchanged
+        # file's jobs are rebuilt from them instead of parsed (issue 12).
+        self.validated: dict[str, tuple[str, bytes]] = {}
         self._reported: dict[str, str] = {}  # path -> problem already logged
 
     def scan(
@@ -209,11 +213,25 @@ class FolderReconciler:
         digest = hashlib.sha256(data).hexdigest()
         if previous is not None and previous.content_hash == digest:
             return previous  # only changed files are parsed
+        jobs = self._validated(shown, digest)
+        if jobs is not None:
+            return FileState(shown, digest, jobs, [], last_good, source=data)
         result = load_file(Path(shown), self.limits, self.defaults, data=data)
         if result.problems:
             last_good = last_good if last_good is not None else self._stored_good(shown)
             return FileState(shown, digest, result.jobs, result.problems, last_good)
         return FileState(shown, digest, result.jobs, [], last_good, source=data)
+
+    def _validated(self, shown: str, digest: str) -> list[LoadedJob] | None:
+        """The file's jobs rebuilt from the state, if validated there from this content."""
+        kept = self.validated.pop(shown, None)
+        if kept is None or kept[0] != digest:
+            return None
+        try:
+            return stored.load(kept[1], shown)
+        except stored.Unreadable as exc:
+            log.debug("file.reparsed", path=shown, reason=str(exc))
+            return None
 
     def _stored_good(self, shown: str) -> list[LoadedJob] | None:
         """The jobs of the file's last accepted content kept in the state, if any."""

@@ -73,6 +73,12 @@ MIGRATIONS: list[str] = [
         content BLOB NOT NULL
     );
     """,
+    # 3: beside it, the file's validated jobs in a stored form (runner.jobs.stored) and
+    # the key of the code that validated them (issue 12: a restart skips parsing)
+    """
+    ALTER TABLE last_good_files ADD COLUMN jobs BLOB;
+    ALTER TABLE last_good_files ADD COLUMN jobs_key TEXT;
+    """,
 ]
 
 _JOB_COLUMNS = [f.name for f in fields(JobRecord)]
@@ -179,6 +185,11 @@ class SqliteStore:
             self._tick_tx()
             self.db.execute(_SAVE_JOB, _job_row(record))
 
+    def save_jobs(self, records: list[JobRecord]) -> None:
+        with self._guard():
+            self._tick_tx()
+            self.db.executemany(_SAVE_JOB, map(_job_row, records))
+
     def plan(
         self,
         occurrence: Occurrence,
@@ -246,9 +257,24 @@ class SqliteStore:
         self._tick_tx()
         self.db.execute(
             "INSERT INTO last_good_files (path, digest, content) VALUES (?, ?, ?) "
-            "ON CONFLICT (path) DO UPDATE SET digest = excluded.digest, content = excluded.content",
+            "ON CONFLICT (path) DO UPDATE SET digest = excluded.digest, content = excluded.content,"
+            " jobs = NULL, jobs_key = NULL",
             (path, digest, content),
         )
+
+    def load_validated(self, key: str) -> dict[str, tuple[str, bytes]]:
+        rows = self.db.execute(
+            "SELECT path, digest, jobs FROM last_good_files WHERE jobs_key = ?", (key,)
+        ).fetchall()
+        return {path: (digest, bytes(jobs)) for path, digest, jobs in rows}
+
+    def save_validated(self, path: str, digest: str, key: str, jobs: bytes) -> None:
+        with self._guard():
+            self._tick_tx()
+            self.db.execute(
+                "UPDATE last_good_files SET jobs = ?, jobs_key = ? WHERE path = ? AND digest = ?",
+                (jobs, key, path, digest),
+            )
 
     def forget_last_good(self, paths: list[str]) -> None:
         self._tick_tx()
