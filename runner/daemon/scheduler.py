@@ -156,6 +156,9 @@ class Scheduler(ClockSteps, Dispatch):
         new_one_shot = not loaded.job.schedule.recurring and record.definition_hash != loaded.digest
         if new_schedule or new_one_shot:
             self._restart_schedule(record, loaded, now, sched_hash)
+        # Equal strings the job already holds, not the copies read from the state (a
+        # restart's 100,000 records held their own: issue 12, memory per job).
+        record.name, record.schedule_hash = name, sched_hash
         record.definition_hash = loaded.digest
         record.path = loaded.path
         self.records[name] = record
@@ -266,15 +269,17 @@ class Scheduler(ClockSteps, Dispatch):
             self._set_due(entry, None)
             return
         after = self._after(entry)
-        if catch_up:
+        horizon = now - MIN_GRACE
+        # Nothing can be missed after `horizon`: most jobs at a start (issue 12).
+        if catch_up and after < horizon:
             count = entry.record.execution_count
-            missed = scan_missed(entry.rec, after, now - MIN_GRACE, count)
+            missed = scan_missed(entry.rec, after, horizon, count)
             if missed.kept:
                 after = max(self._catch_up(entry, missed, now), after)
             elif self._reserved(entry) == count:
                 self._set_due(entry, missed.beyond)  # already computed by the scan
                 return
-        else:
+        elif not catch_up:
             after = max(after, now - timedelta(milliseconds=1))
         self._set_due(entry, next_fire(entry.rec, after, self._reserved(entry)))
 
@@ -317,18 +322,18 @@ class Scheduler(ClockSteps, Dispatch):
 
     def _set_due(self, entry: Entry, due: datetime | None) -> None:
         entry.due = due
-        entry.record.next_fire_ms = None if due is None else to_ms(due)
+        due_ms = None if due is None else to_ms(due)
+        entry.record.next_fire_ms = due_ms
         entry.record.status = self._status(entry)
-        if due is None:
+        if due is None or due_ms is None:
             return
-        gap = None
-        if entry.job.jitter:
+        job = entry.job
+        fire_at = due_ms  # the same int twice in the heap item when there is no jitter
+        if job.jitter:
             following = next_fire(entry.rec, due, self._reserved(entry) + 1)
-            gap = None if following is None else to_ms(following) - to_ms(due)
-        fire_at = to_ms(due) + jitter_delay_ms(entry.job.name, due, entry.job.jitter, gap)
-        heapq.heappush(
-            self.heap, (fire_at, next(self._seq), entry.job.name, entry.version, to_ms(due))
-        )
+            gap = None if following is None else to_ms(following) - due_ms
+            fire_at = due_ms + jitter_delay_ms(job.name, due, job.jitter, gap)
+        heapq.heappush(self.heap, (fire_at, next(self._seq), job.name, entry.version, due_ms))
         self.wake.set()
 
     def _status(self, entry: Entry) -> JobStatus:

@@ -99,6 +99,7 @@ def _upsert(table: str, columns: list[str], keys: tuple[str, ...]) -> str:
 
 
 _SAVE_JOB = _upsert("jobs", _JOB_COLUMNS, ("name",))
+_REPEATED = ("schedule_hash", "first_seen_ms", "anchor_ms", "path", "next_fire_ms", "status")
 _SAVE_OCC = _upsert("occurrences", _OCC_COLUMNS, ("job", "scheduled_ms"))
 _PLAN_OCC = (
     f"INSERT INTO occurrences ({', '.join(_OCC_COLUMNS)}) "
@@ -177,7 +178,17 @@ class SqliteStore:
 
     def load_jobs(self) -> dict[str, JobRecord]:
         rows = self.db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs").fetchall()
-        records = (JobRecord(*row) for row in rows)
+        # Most values repeat across rows (a file's path, a start's first sighting, the
+        # schedule hashes): one object each, not one per row (issue 12, memory per job).
+        seen: dict[object, object] = {}
+        share = seen.setdefault
+        records = []
+        for row in rows:
+            record = JobRecord(*row)
+            for name in _REPEATED:
+                value = getattr(record, name)
+                setattr(record, name, share(value, value))
+            records.append(record)
         return {r.name: _fix_job(r) for r in records}
 
     def save_job(self, record: JobRecord) -> None:
