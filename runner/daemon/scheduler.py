@@ -270,9 +270,16 @@ class Scheduler(ClockSteps, Dispatch):
             return
         after = self._after(entry)
         horizon = now - MIN_GRACE
-        # Nothing can be missed after `horizon`: most jobs at a start (issue 12).
         if catch_up and after < horizon:
             count = entry.record.execution_count
+            first = next_fire(entry.rec, after, count)
+            if first is None or first > horizon:
+                # Nothing missed (most jobs at a start): no scan (issue 12).
+                reserved = self._reserved(entry)
+                self._set_due(
+                    entry, first if reserved == count else next_fire(entry.rec, after, reserved)
+                )
+                return
             missed = scan_missed(entry.rec, after, horizon, count)
             if missed.kept:
                 after = max(self._catch_up(entry, missed, now), after)

@@ -99,7 +99,10 @@ def _upsert(table: str, columns: list[str], keys: tuple[str, ...]) -> str:
 
 
 _SAVE_JOB = _upsert("jobs", _JOB_COLUMNS, ("name",))
-_REPEATED = ("schedule_hash", "first_seen_ms", "anchor_ms", "path", "next_fire_ms", "status")
+_REPEATED = [
+    _JOB_COLUMNS.index(c)
+    for c in ("schedule_hash", "first_seen_ms", "anchor_ms", "path", "next_fire_ms", "status")
+]
 _SAVE_OCC = _upsert("occurrences", _OCC_COLUMNS, ("job", "scheduled_ms"))
 _PLAN_OCC = (
     f"INSERT INTO occurrences ({', '.join(_OCC_COLUMNS)}) "
@@ -182,14 +185,14 @@ class SqliteStore:
         # schedule hashes): one object each, not one per row (issue 12, memory per job).
         seen: dict[object, object] = {}
         share = seen.setdefault
-        records = []
+        records = {}
         for row in rows:
-            record = JobRecord(*row)
-            for name in _REPEATED:
-                value = getattr(record, name)
-                setattr(record, name, share(value, value))
-            records.append(record)
-        return {r.name: _fix_job(r) for r in records}
+            values = list(row)
+            for i in _REPEATED:
+                values[i] = share(values[i], values[i])
+            record = JobRecord(*values)
+            records[record.name] = _fix_job(record)
+        return records
 
     def save_job(self, record: JobRecord) -> None:
         with self._guard():
