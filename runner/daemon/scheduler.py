@@ -164,10 +164,12 @@ class Scheduler(ClockSteps, Dispatch):
         self.records[name] = record
         # The runs in flight stay where they are: only the definition changes.
         runs = self._runs_of(name)
-        rec = shifted(recurrence_of(loaded.job, record.anchor_ms), runs.shift_ms)
+        rec = recurrence_of(loaded.job, record.anchor_ms)
+        if runs.shift_ms:
+            rec = shifted(rec, runs.shift_ms)
         entry = Entry(loaded, record, rec, runs)
         self.entries[name] = entry
-        entry.runs.hold(entry.held)
+        runs.hold(loaded.job.suspend or record.paused)
         self._reschedule(entry, now, catch_up=not new_schedule)
         if save:
             self.store.save_job(record)
@@ -345,9 +347,9 @@ class Scheduler(ClockSteps, Dispatch):
 
     def _status(self, entry: Entry) -> JobStatus:
         runs = entry.runs
-        return status_of(
-            entry.job, entry.record, active=bool(runs.active), running=runs.running, due=entry.due
-        )
+        active = bool(runs.active)
+        running = active and runs.running  # most jobs have nothing in flight
+        return status_of(entry.job, entry.record, active=active, running=running, due=entry.due)
 
     # ---- firing ----------------------------------------------------------------------
 
