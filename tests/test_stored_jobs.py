@@ -105,11 +105,16 @@ def test_a_restart_rebuilds_an_unchanged_file_and_parses_a_changed_one(tmp_path:
 
     again = FolderReconciler(folder, quiet_s=0.0)
     a, b = str(folder / "a.yaml"), str(folder / "b.yaml")
-    again.validated = {
-        a: (_content_digest(folder / "a.yaml"), forms[a][1]),
-        b: ("digest of the old content", forms[b][1]),
-    }
+    again.validated = {a: _content_digest(folder / "a.yaml"), b: "digest of the old content"}
+    read: list[str] = []
+
+    def read_form(path: str, digest: str) -> bytes:
+        read.append(path)
+        return forms[path][1]
+
+    again.read_validated = read_form
     plan = again.scan({}, deep=True)
+    assert read == [a]  # a changed file's form is not even read
     assert_same(plan.accepted[a], first.accepted[a])
     assert [j.job.tag for j in plan.accepted[b]] == ["u"]  # type: ignore[union-attr]
     assert again.validated == {}  # handed over once, not held

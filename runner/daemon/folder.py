@@ -7,7 +7,7 @@ import fcntl
 import hashlib
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,9 +90,10 @@ class FolderReconciler:
         # Last good contents from the state file (path -> content), for files that are
         # invalid when first read after a restart (issue 11, item 2).
         self.stored: dict[str, bytes] = {}
-        # Validated jobs kept in the state (path -> (digest, stored form)): an unchanged
-        # file's jobs are rebuilt from them instead of parsed (issue 12).
-        self.validated: dict[str, tuple[str, bytes]] = {}
+        # Files whose validated jobs the state keeps (path -> digest), and how to read
+        # them: an unchanged file's jobs are rebuilt from them instead of parsed (issue 12).
+        self.validated: dict[str, str] = {}
+        self.read_validated: Callable[[str, str], bytes | None] = lambda path, digest: None
         self._reported: dict[str, str] = {}  # path -> problem already logged
 
     def scan(
@@ -224,11 +225,13 @@ class FolderReconciler:
 
     def _validated(self, shown: str, digest: str) -> list[LoadedJob] | None:
         """The file's jobs rebuilt from the state, if validated there from this content."""
-        kept = self.validated.pop(shown, None)
-        if kept is None or kept[0] != digest:
+        if self.validated.pop(shown, None) != digest:
+            return None
+        form = self.read_validated(shown, digest)
+        if form is None:
             return None
         try:
-            return stored.load(kept[1], shown)
+            return stored.load(form, shown)
         except stored.Unreadable as exc:
             log.debug("file.reparsed", path=shown, reason=str(exc))
             return None

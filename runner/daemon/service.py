@@ -350,8 +350,13 @@ class Daemon(Shutdown, DuctapeAccess):
             stored = self.store.load_last_good()
             self._stored_digests = {path: digest for path, (digest, _) in stored.items()}
             self.reconciler.stored = {path: content for path, (_, content) in stored.items()}
-            self._jobs_key = jobs_stored.code_key(self.reconciler.limits, self.reconciler.defaults)
-            self.reconciler.validated = self.store.load_validated(self._jobs_key)
+            key = jobs_stored.code_key(self.reconciler.limits, self.reconciler.defaults)
+            self._jobs_key = key
+            store = self.store
+            self.reconciler.validated = store.validated_digests(key)
+            self.reconciler.read_validated = lambda path, digest: store.validated_jobs(
+                path, digest, key
+            )
             self._with_jobs = set(self.reconciler.validated)
         plan = self.reconciler.scan({}, deep=True)
         deadline = self.clock.monotonic() + 2.0

@@ -276,11 +276,19 @@ class SqliteStore:
             (path, digest, content),
         )
 
-    def load_validated(self, key: str) -> dict[str, tuple[str, bytes]]:
+    def validated_digests(self, key: str) -> dict[str, str]:
         rows = self.db.execute(
-            "SELECT path, digest, jobs FROM last_good_files WHERE jobs_key = ?", (key,)
+            "SELECT path, digest FROM last_good_files WHERE jobs_key = ? AND jobs IS NOT NULL",
+            (key,),
         ).fetchall()
-        return {path: (digest, bytes(jobs)) for path, digest, jobs in rows}
+        return dict(rows)
+
+    def validated_jobs(self, path: str, digest: str, key: str) -> bytes | None:
+        row = self.db.execute(
+            "SELECT jobs FROM last_good_files WHERE path = ? AND digest = ? AND jobs_key = ?",
+            (path, digest, key),
+        ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
 
     def save_validated(self, path: str, digest: str, key: str, jobs: bytes) -> None:
         with self._guard():
