@@ -10,7 +10,6 @@ import hashlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 from runner.jobs.model import DstPolicy, Job, Schedule
 from runner.store import JobRecord, JobStatus, SharedJob
@@ -35,19 +34,15 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def schedule_hash(job: Job) -> str:
-    return _schedule_hash(job.schedule, job.dst)
-
-
-@lru_cache(maxsize=16_384)
-def _schedule_hash(schedule: Schedule, dst: DstPolicy) -> str:
-    # Cached: the loader shares equal schedules between jobs, and dumping two models per
-    # job was 5% of a 100,000-job start (issue 12). Frozen models hash by value.
-    text = schedule.model_dump_json() + dst.model_dump_json()
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _per_schedule(job.schedule, job.dst)[0]
 
 
 def recurrence_of(job: Job, anchor_ms: int) -> Recurrence:
     s = job.schedule
+    if s.cron is not None:
+        # A cron schedule's instants do not depend on the anchor (runner.timing.firetimes):
+        # jobs with equal schedules share one (issue 12: memory per job).
+        return _per_schedule(s, job.dst)[1]
     return Recurrence(
         cron=s.cron,
         every_ms=s.every,
@@ -59,6 +54,36 @@ def recurrence_of(job: Job, anchor_ms: int) -> Recurrence:
         dst_skipped=job.dst.skipped,
         dst_repeated=job.dst.repeated,
     )
+
+
+# (id(schedule), id(dst)) -> (schedule, dst, hash, cron recurrence). The loader shares
+# equal schedules between jobs (runner.jobs.sharing), so most jobs find theirs by
+# identity: hashing two frozen models by value per job, and dumping them, was 5% of a
+# 100,000-job start. The entry holds both models, so their ids are not reused meanwhile.
+_SCHEDULES_MAX = 16_384
+_schedules: dict[tuple[int, int], tuple[Schedule, DstPolicy, str, Recurrence]] = {}
+
+
+def _per_schedule(schedule: Schedule, dst: DstPolicy) -> tuple[str, Recurrence]:
+    found = _schedules.get((id(schedule), id(dst)))
+    if found is None or found[0] is not schedule or found[1] is not dst:
+        text = schedule.model_dump_json() + dst.model_dump_json()
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        rec = Recurrence(
+            cron=schedule.cron,
+            every_ms=schedule.every,
+            start_at=schedule.start_at,
+            anchor=None,
+            end_date=schedule.end_date,
+            limit=schedule.limit,
+            tz=schedule.tz,
+            dst_skipped=dst.skipped,
+            dst_repeated=dst.repeated,
+        )
+        if len(_schedules) >= _SCHEDULES_MAX:
+            _schedules.clear()
+        found = _schedules[id(schedule), id(dst)] = (schedule, dst, digest, rec)
+    return found[2], found[3]
 
 
 @dataclass(frozen=True)

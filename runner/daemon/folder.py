@@ -7,7 +7,7 @@ import fcntl
 import hashlib
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import structlog
 from runner.daemon.reconcile import FileState, Plan, compute_plan
 from runner.daemon.scheduler import Scheduler
 from runner.errors import Problem
+from runner.jobs import stored
 from runner.jobs.loader import (
     Defaults,
     Limits,
@@ -89,6 +90,10 @@ class FolderReconciler:
         # Last good contents from the state file (path -> content), for files that are
         # invalid when first read after a restart (issue 11, item 2).
         self.stored: dict[str, bytes] = {}
+        # Files whose validated jobs the state keeps (path -> digest), and how to read
+        # them: an unchanged file's jobs are rebuilt from them instead of parsed (issue 12).
+        self.validated: dict[str, str] = {}
+        self.read_validated: Callable[[str, str], bytes | None] = lambda path, digest: None
         self._reported: dict[str, str] = {}  # path -> problem already logged
 
     def scan(
@@ -209,11 +214,27 @@ class FolderReconciler:
         digest = hashlib.sha256(data).hexdigest()
         if previous is not None and previous.content_hash == digest:
             return previous  # only changed files are parsed
+        jobs = self._validated(shown, digest)
+        if jobs is not None:
+            return FileState(shown, digest, jobs, [], last_good, source=data)
         result = load_file(Path(shown), self.limits, self.defaults, data=data)
         if result.problems:
             last_good = last_good if last_good is not None else self._stored_good(shown)
             return FileState(shown, digest, result.jobs, result.problems, last_good)
         return FileState(shown, digest, result.jobs, [], last_good, source=data)
+
+    def _validated(self, shown: str, digest: str) -> list[LoadedJob] | None:
+        """The file's jobs rebuilt from the state, if validated there from this content."""
+        if self.validated.pop(shown, None) != digest:
+            return None
+        form = self.read_validated(shown, digest)
+        if form is None:
+            return None
+        try:
+            return stored.load(form, shown)
+        except stored.Unreadable as exc:
+            log.debug("file.reparsed", path=shown, reason=str(exc))
+            return None
 
     def _stored_good(self, shown: str) -> list[LoadedJob] | None:
         """The jobs of the file's last accepted content kept in the state, if any."""

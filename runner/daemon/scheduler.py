@@ -45,6 +45,7 @@ from runner.store import (
     Occurrence,
     SharedJob,
     Store,
+    job_row,
 )
 from runner.timing.clock import Clock
 from runner.timing.firetimes import next_fire
@@ -103,12 +104,21 @@ class Scheduler(ClockSteps, Dispatch):
         in `keep` was deleted while the daemon was down: it is marked removed.
         """
         self.records = self.store.load_jobs()
+        stored = {name: job_row(record) for name, record in self.records.items()}
         left_open = self.store.open_occurrences()
         for occ in left_open:  # they count toward `limit` before anything new is planned
             if occ.trigger != "manual":
                 self._runs_of(occ.job).pending += 1
+        now = self.clock.now()
         for loaded in jobs.values():
-            self.upsert(loaded)
+            self._upsert(loaded, now, save=False)
+        # One write of the rows that changed (a restart changes few), not a statement per
+        # job, and no debug line per job: 100,000 of each were a fifth of the scheduler's
+        # start (issue 12).
+        self.store.save_jobs(
+            [r for name, r in self.records.items() if stored.get(name) != job_row(r)]
+        )
+        del stored
         if keep is not None:
             self._mark_removed(set(jobs) | set(keep))
         self._resume_open(left_open)
@@ -125,7 +135,14 @@ class Scheduler(ClockSteps, Dispatch):
 
     def upsert(self, loaded: LoadedJob) -> str:
         """Add a job or apply its new definition; returns added, updated or unchanged."""
-        name, now = loaded.job.name, self.clock.now()
+        outcome = self._upsert(loaded, self.clock.now(), save=True)
+        if outcome != "unchanged":
+            due = self.entries[loaded.job.name].due
+            log.debug("job.upserted", job=loaded.job.name, outcome=outcome, next_run_at=iso(due))
+        return outcome
+
+    def _upsert(self, loaded: LoadedJob, now: datetime, *, save: bool) -> str:
+        name = loaded.job.name
         entry = self.entries.get(name)
         if entry is not None and entry.loaded.digest == loaded.digest:
             entry.loaded = loaded  # same definition, maybe a renamed file
@@ -139,18 +156,23 @@ class Scheduler(ClockSteps, Dispatch):
         new_one_shot = not loaded.job.schedule.recurring and record.definition_hash != loaded.digest
         if new_schedule or new_one_shot:
             self._restart_schedule(record, loaded, now, sched_hash)
+        # Equal strings the job already holds, not the copies read from the state (a
+        # restart's 100,000 records held their own: issue 12, memory per job).
+        record.name, record.schedule_hash = name, sched_hash
         record.definition_hash = loaded.digest
         record.path = loaded.path
         self.records[name] = record
         # The runs in flight stay where they are: only the definition changes.
         runs = self._runs_of(name)
-        rec = shifted(recurrence_of(loaded.job, record.anchor_ms), runs.shift_ms)
+        rec = recurrence_of(loaded.job, record.anchor_ms)
+        if runs.shift_ms:
+            rec = shifted(rec, runs.shift_ms)
         entry = Entry(loaded, record, rec, runs)
         self.entries[name] = entry
-        entry.runs.hold(entry.held)
+        runs.hold(loaded.job.suspend or record.paused)
         self._reschedule(entry, now, catch_up=not new_schedule)
-        self.store.save_job(record)
-        log.debug("job.upserted", job=name, outcome=outcome, next_run_at=iso(entry.due))
+        if save:
+            self.store.save_job(record)
         return outcome
 
     def remove(self, name: str) -> bool:
@@ -249,15 +271,24 @@ class Scheduler(ClockSteps, Dispatch):
             self._set_due(entry, None)
             return
         after = self._after(entry)
-        if catch_up:
+        horizon = now - MIN_GRACE
+        if catch_up and after < horizon:
             count = entry.record.execution_count
-            missed = scan_missed(entry.rec, after, now - MIN_GRACE, count)
+            first = next_fire(entry.rec, after, count)
+            if first is None or first > horizon:
+                # Nothing missed (most jobs at a start): no scan (issue 12).
+                reserved = self._reserved(entry)
+                self._set_due(
+                    entry, first if reserved == count else next_fire(entry.rec, after, reserved)
+                )
+                return
+            missed = scan_missed(entry.rec, after, horizon, count)
             if missed.kept:
                 after = max(self._catch_up(entry, missed, now), after)
             elif self._reserved(entry) == count:
                 self._set_due(entry, missed.beyond)  # already computed by the scan
                 return
-        else:
+        elif not catch_up:
             after = max(after, now - timedelta(milliseconds=1))
         self._set_due(entry, next_fire(entry.rec, after, self._reserved(entry)))
 
@@ -300,25 +331,25 @@ class Scheduler(ClockSteps, Dispatch):
 
     def _set_due(self, entry: Entry, due: datetime | None) -> None:
         entry.due = due
-        entry.record.next_fire_ms = None if due is None else to_ms(due)
+        due_ms = None if due is None else to_ms(due)
+        entry.record.next_fire_ms = due_ms
         entry.record.status = self._status(entry)
-        if due is None:
+        if due is None or due_ms is None:
             return
-        gap = None
-        if entry.job.jitter:
+        job = entry.job
+        fire_at = due_ms  # the same int twice in the heap item when there is no jitter
+        if job.jitter:
             following = next_fire(entry.rec, due, self._reserved(entry) + 1)
-            gap = None if following is None else to_ms(following) - to_ms(due)
-        fire_at = to_ms(due) + jitter_delay_ms(entry.job.name, due, entry.job.jitter, gap)
-        heapq.heappush(
-            self.heap, (fire_at, next(self._seq), entry.job.name, entry.version, to_ms(due))
-        )
+            gap = None if following is None else to_ms(following) - due_ms
+            fire_at = due_ms + jitter_delay_ms(job.name, due, job.jitter, gap)
+        heapq.heappush(self.heap, (fire_at, next(self._seq), job.name, entry.version, due_ms))
         self.wake.set()
 
     def _status(self, entry: Entry) -> JobStatus:
         runs = entry.runs
-        return status_of(
-            entry.job, entry.record, active=bool(runs.active), running=runs.running, due=entry.due
-        )
+        active = bool(runs.active)
+        running = active and runs.running  # most jobs have nothing in flight
+        return status_of(entry.job, entry.record, active=active, running=running, due=entry.due)
 
     # ---- firing ----------------------------------------------------------------------
 

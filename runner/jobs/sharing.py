@@ -51,6 +51,13 @@ def compact(job: Job) -> Job:
     return job
 
 
+def share(value: Any) -> Any:
+    """The instance equal to `value` that jobs already share, else `value`, shared from now."""
+    if len(_shared) >= _SHARED_MAX:
+        _shared.clear()
+    return _shared.setdefault(value, value)
+
+
 def known_schedule(data: dict[str, Any]) -> None:
     """Replace a job mapping's `schedule` mapping by its validated, shared Schedule.
 

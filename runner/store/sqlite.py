@@ -90,6 +90,12 @@ MIGRATIONS: list[str] = [
         content BLOB NOT NULL
     );
     """,
+    # 3: beside it, the file's validated jobs in a stored form (runner.jobs.stored) and
+    # the key of the code that validated them (issue 12: a restart skips parsing)
+    """
+    ALTER TABLE last_good_files ADD COLUMN jobs BLOB;
+    ALTER TABLE last_good_files ADD COLUMN jobs_key TEXT;
+    """,
 ]
 
 _JOB_COLUMNS = [f.name for f in fields(JobRecord)]
@@ -122,6 +128,10 @@ def _update(table: str, columns: list[str], keys: tuple[str, ...]) -> tuple[str,
 
 
 _SAVE_JOB = _upsert("jobs", _JOB_COLUMNS, ("name",))
+_REPEATED = [
+    _JOB_COLUMNS.index(c)
+    for c in ("schedule_hash", "first_seen_ms", "anchor_ms", "path", "next_fire_ms", "status")
+]
 _SAVE_OCC = _upsert("occurrences", _OCC_COLUMNS, ("job", "scheduled_ms"))
 _UPDATE_JOB, _update_job_row = _update("jobs", _JOB_COLUMNS, ("name",))
 _UPDATE_OCC, _update_occ_row = _update("occurrences", _OCC_COLUMNS, ("job", "scheduled_ms"))
@@ -224,8 +234,18 @@ class SqliteStore:
 
     def load_jobs(self) -> dict[str, JobRecord]:
         rows = self.db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs").fetchall()
-        records = (JobRecord(*row) for row in rows)
-        return {r.name: _fix_job(r) for r in records}
+        # Most values repeat across rows (a file's path, a start's first sighting, the
+        # schedule hashes): one object each, not one per row (issue 12, memory per job).
+        seen: dict[object, object] = {}
+        share = seen.setdefault
+        records = {}
+        for row in rows:
+            values = list(row)
+            for i in _REPEATED:
+                values[i] = share(values[i], values[i])
+            record = JobRecord(*values)
+            records[record.name] = _fix_job(record)
+        return records
 
     def save_job(self, record: JobRecord) -> None:
         with self._guard():
@@ -239,6 +259,11 @@ class SqliteStore:
     def _save_occ(self, occurrence: Occurrence) -> None:
         if self.db.execute(_UPDATE_OCC, _update_occ_row(occurrence)).rowcount == 0:
             self.db.execute(_SAVE_OCC, _occ_row(occurrence))
+
+    def save_jobs(self, records: list[JobRecord]) -> None:
+        with self._guard():
+            self._tick_tx()
+            self.db.executemany(_SAVE_JOB, map(_job_row, records))
 
     def plan(
         self,
@@ -335,9 +360,32 @@ class SqliteStore:
         self._tick_tx()
         self.db.execute(
             "INSERT INTO last_good_files (path, digest, content) VALUES (?, ?, ?) "
-            "ON CONFLICT (path) DO UPDATE SET digest = excluded.digest, content = excluded.content",
+            "ON CONFLICT (path) DO UPDATE SET digest = excluded.digest, content = excluded.content,"
+            " jobs = NULL, jobs_key = NULL",
             (path, digest, content),
         )
+
+    def validated_digests(self, key: str) -> dict[str, str]:
+        rows = self.db.execute(
+            "SELECT path, digest FROM last_good_files WHERE jobs_key = ? AND jobs IS NOT NULL",
+            (key,),
+        ).fetchall()
+        return dict(rows)
+
+    def validated_jobs(self, path: str, digest: str, key: str) -> bytes | None:
+        row = self.db.execute(
+            "SELECT jobs FROM last_good_files WHERE path = ? AND digest = ? AND jobs_key = ?",
+            (path, digest, key),
+        ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def save_validated(self, path: str, digest: str, key: str, jobs: bytes) -> None:
+        with self._guard():
+            self._tick_tx()
+            self.db.execute(
+                "UPDATE last_good_files SET jobs = ?, jobs_key = ? WHERE path = ? AND digest = ?",
+                (jobs, key, path, digest),
+            )
 
     def forget_last_good(self, paths: list[str]) -> None:
         self._tick_tx()

@@ -162,6 +162,10 @@ class PostgresStore(_Claims):
     def save_job(self, record: JobRecord) -> None:
         self._queue.put_nowait(_Write(kind="job", row=_job_row(record)))
 
+    def save_jobs(self, records: list[JobRecord]) -> None:
+        for record in records:
+            self.save_job(record)
+
     def plan(
         self,
         occurrence: Occurrence,

@@ -1,0 +1,124 @@
+"""Validated jobs kept in the state: rebuilt exactly as validation leaves them, or not at all."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import pytest
+
+from runner.daemon.folder import FolderReconciler
+from runner.jobs import stored
+from runner.jobs.loader import Defaults, Limits, LoadedJob, load_file
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "jobs.d"
+
+VARIED = """\
+jobs:
+  - name: a
+    kind: workflow
+    workflow: wf
+    input: {when: 2026-03-29 01:30:00+01:00, day: 2026-03-29, nested: {list: [1, 2.5, null]}}
+    labels: {team: ops}
+    session: {tag: s, token: "${env:TOKEN}"}
+    retry: {initial: 2s, max: 1m}
+    schedule: {every: 15m, start_at: "2026-03-29T00:00:00", tz: Europe/Amsterdam, limit: 3}
+  - name: b
+    kind: quota
+    tag: t
+    dst: {skipped: skip, repeated: twice}
+    catchup: {policy: all, window: 1h}
+    schedule: {cron: '30 2 * * *', tz: Europe/Amsterdam, endDate: 2027-01-01T00:00:00Z}
+  - {name: c, kind: fallback, tag: t, suspend: true, jitter: 5s, schedule: {start_at: 0}}
+"""
+
+
+def rebuilt(jobs: list[LoadedJob], path: str) -> list[LoadedJob]:
+    form = stored.dump(jobs)
+    assert form is not None
+    return stored.load(form, path)
+
+
+def assert_same(got: list[LoadedJob], want: list[LoadedJob]) -> None:
+    assert got == want
+    for a, b in zip(got, want, strict=True):
+        assert type(a.job) is type(b.job)
+        assert list(a.job.__dict__.items()) == list(b.job.__dict__.items())
+        assert a.job.model_fields_set == b.job.model_fields_set
+        assert a.job.model_dump_json(by_alias=True) == b.job.model_dump_json(by_alias=True)
+        assert (a.path, a.line, a.digest) == (b.path, b.line, b.digest)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.iterdir()), ids=lambda p: p.name)
+def test_it_rebuilds_the_example_files_jobs_exactly(path: Path) -> None:
+    result = load_file(path)
+    assert not result.problems
+    assert_same(rebuilt(result.jobs, result.path), result.jobs)
+
+
+def test_it_rebuilds_inputs_sessions_and_policies_exactly() -> None:
+    result = load_file(Path("jobs.d/varied.yaml"), data=VARIED.encode())
+    assert not result.problems, [str(p) for p in result.problems]
+    assert_same(rebuilt(result.jobs, result.path), result.jobs)
+
+
+def test_a_damaged_form_is_unreadable() -> None:
+    result = load_file(Path("jobs.d/varied.yaml"), data=VARIED.encode())
+    form = stored.dump(result.jobs)
+    assert form is not None
+    with pytest.raises(stored.Unreadable):
+        stored.load(form[: len(form) // 2], result.path)
+
+
+class Boom:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("never called",))
+
+
+def test_a_form_naming_other_classes_is_refused_without_calling_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    form = pickle.dumps((stored.FORMAT, [], [], [], [Boom()]))
+    with pytest.raises(stored.Unreadable, match="not allowed"):
+        stored.load(form, "jobs.d/x.yaml")
+    assert capsys.readouterr().out == ""
+
+
+def test_the_key_changes_with_the_defaults() -> None:
+    assert stored.code_key(Limits(), Defaults()) == stored.code_key(Limits(), Defaults())
+    assert stored.code_key(Limits(), Defaults()) != stored.code_key(Limits(), Defaults(env="p"))
+
+
+def test_a_restart_rebuilds_an_unchanged_file_and_parses_a_changed_one(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs.d"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(VARIED)
+    (folder / "b.yaml").write_text("name: d\nkind: quota\ntag: t\nschedule: {cron: '0 * * * *'}\n")
+    first = FolderReconciler(folder, quiet_s=0.0).scan({}, deep=True)
+    forms = {}
+    for path, jobs in first.accepted.items():
+        form = stored.dump(jobs)
+        assert form is not None
+        forms[path] = (next(j.digest for j in jobs), form)
+    (folder / "b.yaml").write_text("name: d\nkind: quota\ntag: u\nschedule: {cron: '0 * * * *'}\n")
+
+    again = FolderReconciler(folder, quiet_s=0.0)
+    a, b = str(folder / "a.yaml"), str(folder / "b.yaml")
+    again.validated = {a: _content_digest(folder / "a.yaml"), b: "digest of the old content"}
+    read: list[str] = []
+
+    def read_form(path: str, digest: str) -> bytes:
+        read.append(path)
+        return forms[path][1]
+
+    again.read_validated = read_form
+    plan = again.scan({}, deep=True)
+    assert read == [a]  # a changed file's form is not even read
+    assert_same(plan.accepted[a], first.accepted[a])
+    assert [j.job.tag for j in plan.accepted[b]] == ["u"]  # type: ignore[union-attr]
+    assert again.validated == {}  # handed over once, not held
+
+
+def _content_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
