@@ -198,7 +198,9 @@ class Daemon(Shutdown, DuctapeAccess):
         """SQLite by default; a postgresql:// DSN shares the state between replicas."""
         s = self.settings
         if not is_dsn(s.state):
-            return SqliteStore(s.state, reset=self.reset_state)
+            store = SqliteStore(s.state, reset=self.reset_state)
+            store.checkpoint_in_background()  # no checkpoint in a commit at a fire instant
+            return store
         return PostgresStore(
             s.state,
             self.clock,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -319,6 +320,12 @@ class SqliteStore:
     def update_occurrence(self, occurrence: Occurrence) -> None:
         key = (occurrence.job, occurrence.scheduled_ms)
         if occurrence.state == "running" and (self.failure or self.lost or key in self._unsaved):
+            checkpointer = self._checkpointer
+            if checkpointer is not None and checkpointer.error is not None:
+                # The WAL may still take this write, but it cannot be copied back (a
+                # full disk): start nothing until the file system has room again.
+                problem = f"cannot write: checkpoint: {checkpointer.error}"
+                raise StateError(self.path, problem, WRITE_ADVICE)
             self._write_now(_SAVE_OCC, _occ_row(occurrence))  # raises StateError
             self._unsaved.discard(key)
             return
@@ -609,7 +616,7 @@ class _Checkpointer:
                         db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=1)
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
-                    self.error = None
+                    self.error = _no_room(self.path)
                 except sqlite3.Error as exc:
                     # Read by SqliteStore.check on the loop: the store goes unhealthy as
                     # for a failed write (the WAL may still have room for the loop's own
@@ -618,6 +625,24 @@ class _Checkpointer:
         finally:
             if db is not None:
                 db.close()
+
+
+# Below this, the file system counts as full: the WAL reuses the space its last restart
+# freed, so SQLite itself would say so only once the database file must grow.
+MIN_FREE_BYTES = 256 * 1024
+
+
+def _no_room(path: str) -> str | None:
+    """'database or disk is full' when the state file's file system has (almost) no room."""
+    try:
+        fs = os.statvfs(Path(path).absolute().parent)
+    except OSError:
+        return None
+    if fs.f_bavail * fs.f_frsize < MIN_FREE_BYTES:
+        return (
+            f"database or disk is full (under {MIN_FREE_BYTES // 1024} KiB free on its file system)"
+        )
+    return None
 
 
 def _fix_job(record: JobRecord) -> JobRecord:
