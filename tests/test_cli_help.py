@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import DaemonProcess
+from tests.daemon_helpers import DaemonProcess, wait_for
 from tests.emulator_fixture import RunningEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +106,10 @@ def test_run_takes_socket_control_tcp_and_log_level(
         listening = daemon.events("control.listening")[0]
         assert listening["unix_socket"] == str(flag_socket)
         assert listening["tcp"].startswith("127.0.0.1:")
-        assert any(e["level"] == "debug" for e in daemon.events())
+        # The start logs no line per job (issue 12); a job added later does, at debug.
+        daemon.write_job("added.yaml", "kind: quota\ntag: q\nschedule: {cron: '0 0 1 1 *'}\n")
+        wait_for(lambda: daemon.events("job.upserted"))
+        assert all(e["level"] == "debug" for e in daemon.events("job.upserted"))
     finally:
         assert daemon.stop() == 0
 
