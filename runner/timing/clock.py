@@ -68,10 +68,14 @@ class FakeClock:
                 waiter.cancel()
 
     async def settle(self) -> None:
-        """Let every runnable task run until all are blocked again (a chain of catch-up
-        runs takes a few passes each: the state file's group commit counts passes)."""
-        for _ in range(400):
+        """Let every runnable task run until all are blocked again: 50 loop passes, and
+        more (up to 400) while callbacks are still queued (a chain of catch-up runs takes
+        a few passes each: the state file's group commit counts passes)."""
+        ready = getattr(asyncio.get_running_loop(), "_ready", None)  # asyncio's own loop
+        for passes in range(400):
             await asyncio.sleep(0)
+            if passes >= 49 and not ready:
+                return
 
     async def advance(self, seconds: float) -> None:
         """Move both clocks forward, waking each sleeper at its own deadline."""
