@@ -43,16 +43,20 @@ def recurrence_of(job: Job, anchor_ms: int) -> Recurrence:
         # A cron schedule's instants do not depend on the anchor (runner.timing.firetimes):
         # jobs with equal schedules share one (issue 12: memory per job).
         return _per_schedule(s, job.dst)[1]
+    return _recurrence(s, job.dst, from_ms(anchor_ms))
+
+
+def _recurrence(schedule: Schedule, dst: DstPolicy, anchor: datetime | None) -> Recurrence:
     return Recurrence(
-        cron=s.cron,
-        every_ms=s.every,
-        start_at=s.start_at,
-        anchor=from_ms(anchor_ms),
-        end_date=s.end_date,
-        limit=s.limit,
-        tz=s.tz,
-        dst_skipped=job.dst.skipped,
-        dst_repeated=job.dst.repeated,
+        cron=schedule.cron,
+        every_ms=schedule.every,
+        start_at=schedule.start_at,
+        anchor=anchor,
+        end_date=schedule.end_date,
+        limit=schedule.limit,
+        tz=schedule.tz,
+        dst_skipped=dst.skipped,
+        dst_repeated=dst.repeated,
     )
 
 
@@ -69,17 +73,7 @@ def _per_schedule(schedule: Schedule, dst: DstPolicy) -> tuple[str, Recurrence]:
     if found is None or found[0] is not schedule or found[1] is not dst:
         text = schedule.model_dump_json() + dst.model_dump_json()
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        rec = Recurrence(
-            cron=schedule.cron,
-            every_ms=schedule.every,
-            start_at=schedule.start_at,
-            anchor=None,
-            end_date=schedule.end_date,
-            limit=schedule.limit,
-            tz=schedule.tz,
-            dst_skipped=dst.skipped,
-            dst_repeated=dst.repeated,
-        )
+        rec = _recurrence(schedule, dst, None)
         if len(_schedules) >= _SCHEDULES_MAX:
             _schedules.clear()
         found = _schedules[id(schedule), id(dst)] = (schedule, dst, digest, rec)

@@ -72,15 +72,16 @@ class Dispatch:
         if trigger != "manual":  # a manual run does not move the schedule
             entry.record.last_scheduled_ms = max(entry.record.last_scheduled_ms or 0, scheduled_ms)
         if self.store.plan(occ, entry.record):
-            log.info(
-                "run.skipped",
-                job=entry.job.name,
-                scheduled_at=iso(from_ms(scheduled_ms)),
-                reason=reason,
-            )
-            if self.on_skip is not None:
-                self.on_skip(entry.job)
+            self._skipped(entry.job, scheduled_ms, reason)
         return occ
+
+    def _skipped(self, job: Job, scheduled_ms: int, reason: str) -> None:
+        """Say (log and metrics) that this replica decided to skip an occurrence."""
+        log.info(
+            "run.skipped", job=job.name, scheduled_at=iso(from_ms(scheduled_ms)), reason=reason
+        )
+        if self.on_skip is not None:
+            self.on_skip(job)
 
     def _occurrence(self, entry: Entry, scheduled_ms: int, trigger: str) -> Occurrence:
         now_ms = to_ms(self.clock.now())
@@ -215,14 +216,7 @@ class Dispatch:
             reason = self.claims.skipped_here(item.occ)
             if reason is not None:  # recorded skipped by this replica (forbid, cluster-wide)
                 item.occ.state, item.occ.reason = "skipped", reason
-                log.info(
-                    "run.skipped",
-                    job=item.occ.job,
-                    scheduled_at=iso(from_ms(item.occ.scheduled_ms)),
-                    reason=reason,
-                )
-                if self.on_skip is not None:
-                    self.on_skip(item.job)
+                self._skipped(item.job, item.occ.scheduled_ms, reason)
                 return False
             log.debug(
                 "run.claimed_elsewhere",

@@ -320,12 +320,6 @@ class SqliteStore:
     def update_occurrence(self, occurrence: Occurrence) -> None:
         key = (occurrence.job, occurrence.scheduled_ms)
         if occurrence.state == "running" and (self.failure or self.lost or key in self._unsaved):
-            checkpointer = self._checkpointer
-            if checkpointer is not None and checkpointer.error is not None:
-                # The WAL may still take this write, but it cannot be copied back (a
-                # full disk): start nothing until the file system has room again.
-                problem = f"cannot write: checkpoint: {checkpointer.error}"
-                raise StateError(self.path, problem, WRITE_ADVICE)
             self._write_now(_SAVE_OCC, _occ_row(occurrence))  # raises StateError
             self._unsaved.discard(key)
             return
@@ -531,9 +525,9 @@ class SqliteStore:
                     problem=self.lost,
                     advice=statefile.LOST_ADVICE,
                 )
-        checkpointer = self._checkpointer
-        if checkpointer is not None and checkpointer.error is not None and self.failure is None:
-            self._write_failed(sqlite3.OperationalError(f"checkpoint: {checkpointer.error}"))
+        checkpoint_error = self._checkpoint_error()
+        if checkpoint_error is not None and self.failure is None:
+            self._write_failed(sqlite3.OperationalError(checkpoint_error))
         if self.failure is not None and not self.db.in_transaction:
             with contextlib.suppress(StateError):
                 self._write_now("PRAGMA user_version = " + str(len(MIGRATIONS)), ())
@@ -550,6 +544,12 @@ class SqliteStore:
         """One write in a transaction of its own, committed now; StateError if it fails."""
         if self.lost is not None:
             raise StateError(self.path, self.lost, statefile.LOST_ADVICE)
+        checkpoint_error = self._checkpoint_error()
+        if checkpoint_error is not None:
+            # The WAL may still take this write, but it cannot be copied back (a full
+            # disk): nothing is written, nor started, until the file system has room.
+            self._last_failure = time.monotonic()
+            raise StateError(self.path, f"cannot write: {checkpoint_error}", WRITE_ADVICE)
         if self.db.in_transaction:
             self.commit()  # the tick's writes go first (and may fail on their own)
         try:
@@ -560,6 +560,13 @@ class SqliteStore:
             self._write_failed(exc)
             raise StateError(self.path, f"cannot write: {exc}", WRITE_ADVICE) from None
         self._recovered()
+
+    def _checkpoint_error(self) -> str | None:
+        """Why the checkpoint thread cannot copy the WAL back (a full disk), if it cannot."""
+        checkpointer = self._checkpointer
+        if checkpointer is None or checkpointer.error is None:
+            return None
+        return f"checkpoint: {checkpointer.error}"
 
     def _write_failed(self, exc: sqlite3.Error) -> None:
         """Roll the tick's transaction back (SQLite may have already) and go unhealthy."""
@@ -579,7 +586,7 @@ class SqliteStore:
     def _recovered(self) -> None:
         """A write succeeded: healthy again once none has failed for RECOVERED_AFTER_S."""
         now = time.monotonic()
-        if self._checkpointer is not None and self._checkpointer.error is not None:
+        if self._checkpoint_error() is not None:
             self._last_failure = now  # the WAL cannot be copied back yet: still failing
             return
         if self.failure is not None and now - self._last_failure >= RECOVERED_AFTER_S:
