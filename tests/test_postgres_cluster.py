@@ -187,3 +187,45 @@ def test_a_forbid_job_never_overlaps_across_replicas(
 def _started(event: dict[str, Any]) -> float:
     scheduled = datetime.fromisoformat(event["scheduled_at"]).timestamp()
     return scheduled + (event["lateness_ms"] or 0) / 1000
+
+
+def test_a_replace_job_triggered_on_another_replica_halts_the_run_in_progress(
+    tmp_path: Path, emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    """`concurrency: replace` holds across replicas: the replica running the older
+    occurrence is told to stop it as soon as a newer one is planned elsewhere."""
+    jobs = (
+        "name: latest\nkind: quota\nproduct: p\nenv: dev\ntag: t\nconcurrency: replace\n"
+        "schedule: {cron: '0 0 1 1 *'}\n"
+    )
+    emulator.fault(delay_ms=15_000, count=1)  # the first call hangs
+    replicas = start_replicas(tmp_path, emulator, pg_dsn, jobs)
+    by_id = {r.tmp_path.name: r for r in replicas}
+    running = "SELECT owner, scheduled_ms FROM occurrences WHERE state = 'running'"
+    try:
+        assert ctl(replicas[0], "trigger", "latest").returncode == 0
+        wait_for(lambda: pg_query(pg_dsn, running), timeout=10)
+        [(owner, first_ms)] = pg_query(pg_dsn, running)
+        other = next(r for name, r in by_id.items() if name != owner)
+        assert ctl(other, "trigger", "latest").returncode == 0
+        replaced_at = time.time()
+        wait_for(lambda: by_id[owner].events("run.replaced"), timeout=3)
+        halted_after = time.time() - replaced_at
+        wait_for(
+            lambda: (
+                len(pg_query(pg_dsn, "SELECT 1 FROM occurrences WHERE finished_ms IS NOT NULL"))
+                == 2
+            ),
+            10,
+        )
+        states = pg_query(pg_dsn, "SELECT scheduled_ms, state, reason FROM occurrences ORDER BY 1")
+    finally:
+        for r in replicas:
+            r.stop()
+    assert halted_after < 1.5, halted_after  # told at once (NOTIFY), not at the next renewal
+    assert states[0] == (
+        first_ms,
+        "cancelled",
+        "replaced by a newer occurrence (concurrency replace)",
+    )
+    assert states[1][1] == "succeeded"

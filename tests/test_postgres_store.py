@@ -36,6 +36,7 @@ class FakeReplica:
     lost: list[tuple[str, int]] = field(default_factory=list)
     shared_jobs: list[SharedJob] = field(default_factory=list)
     availability: list[bool] = field(default_factory=list)
+    halts: list[tuple[str, int, str]] = field(default_factory=list)
 
     def adopt(self, occurrences: list[Occurrence], *, taken_over: bool = True) -> None:
         self.adopted.extend(occurrences)
@@ -48,6 +49,9 @@ class FakeReplica:
 
     def store_available(self, available: bool) -> None:
         self.availability.append(available)
+
+    def halt(self, job: str, scheduled_ms: int, reason: str) -> None:
+        self.halts.append((job, scheduled_ms, reason))
 
     def known_jobs(self) -> set[str]:
         return self.jobs
@@ -378,3 +382,59 @@ async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     proc = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
     assert proc.returncode in (0, 1), proc.stderr
     return proc
+
+
+async def test_a_replace_plan_halts_the_older_run_on_its_owner_and_cancels_unclaimed_ones(
+    pg_dsn: str,
+) -> None:
+    """`concurrency: replace` across replicas: b plans a newer occurrence; a, which runs the
+    older one, is told at once (NOTIFY) to halt it; one nobody claimed yet is cancelled."""
+    a = await replica(pg_dsn, "a")
+    b = await replica(pg_dsn, "b")
+    replica_a: Any = a.replica
+    try:
+        a.save_job(record())
+        first = occurrence(T0)
+        a.plan(first, record())
+        assert await a.claimed(first)
+        b.plan(occurrence(T0 + 500), record())  # a plain plan halts nothing
+        await flush(b)
+        assert rows(pg_dsn, "SELECT halt FROM occurrences WHERE scheduled_ms = %s", T0) == [
+            (None,)
+        ]
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # planned, nobody claimed it
+            conn.execute(
+                "INSERT INTO occurrences (job, scheduled_ms, idempotency_key, state, trigger, "
+                "created_ms, owner, fencing, planner, lease_until) VALUES "
+                "('j', %s, 'k', 'planned', 'schedule', %s, '', 0, 'gone', now() + '1 h')",
+                (T0 + 1000, T0 + 1000),
+            )
+        newest = occurrence(T0 + 2000)
+        b.plan(newest, record(), replace=True)
+        assert await b.claimed(newest)
+        await asyncio.wait_for(_until(lambda: replica_a.halts), 3)  # told, not renewed
+        states = rows(
+            pg_dsn, "SELECT scheduled_ms, state, owner, halt FROM occurrences ORDER BY 1"
+        )
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert replica_a.halts == [("j", T0, "replaced")]
+    assert states[0] == (T0, "planned", "a", "replaced")  # a records it cancelled itself
+    assert states[1] == (T0 + 500, "planned", "b", "replaced")  # b's own: b halts it itself
+    # The one nobody claimed is cancelled at once: nobody runs what a newer one replaced.
+    assert states[2][:3] == (T0 + 1000, "cancelled", "b")
+    assert states[3] == (T0 + 2000, "planned", "b", None)
+
+
+async def test_replicas_say_they_live_and_a_clean_stop_says_so(pg_dsn: str) -> None:
+    a = await replica(pg_dsn, "a")
+    b = await replica(pg_dsn, "b")
+    try:
+        live = rows(pg_dsn, "SELECT id, stopped_at IS NULL, jobs FROM replicas ORDER BY id")
+    finally:
+        await a.aclose()
+    stopped = rows(pg_dsn, "SELECT id, stopped_at IS NULL FROM replicas ORDER BY id")
+    await b.aclose()
+    assert live == [("a", True, 1), ("b", True, 1)]
+    assert stopped == [("a", False), ("b", True)]

@@ -108,7 +108,9 @@ class Dispatch:
                 run.control.halt("replaced")
                 if run.task is not None:
                     run.task.cancel()
-        occ = self._plan(entry, scheduled_ms, trigger, forbid=policy == "forbid")
+        occ = self._plan(
+            entry, scheduled_ms, trigger, forbid=policy == "forbid", replace=policy == "replace"
+        )
         if occ is not None:
             self._spawn(entry, [self._item(entry, occ)])
         return occ or self._occurrence(entry, scheduled_ms, trigger)
@@ -125,19 +127,28 @@ class Dispatch:
             self._enqueue(entry, planned)
 
     def _plan(
-        self, entry: Entry, scheduled_ms: int, trigger: str, *, forbid: bool = False
+        self,
+        entry: Entry,
+        scheduled_ms: int,
+        trigger: str,
+        *,
+        forbid: bool = False,
+        replace: bool = False,
     ) -> Occurrence | None:
         """Write the occurrence before anything is called, so a crash never forgets it.
 
         `forbid`: with replicas, the database skips it while a run of the job is open on
-        any replica (this replica's own runs are checked before, by `_start`)."""
+        any replica (this replica's own runs are checked before, by `_start`). `replace`:
+        with replicas, the older open occurrences of the job are halted wherever they
+        run (this replica's own runs were halted by `_start`)."""
         occ = self._occurrence(entry, scheduled_ms, trigger)
         manual = trigger == "manual"
         if not manual:
             entry.record.last_scheduled_ms = max(entry.record.last_scheduled_ms or 0, scheduled_ms)
         entry.record.status = "queued"
         limit = None if manual else entry.job.schedule.limit
-        while not self.store.plan(occ, entry.record, limit=limit, forbid=forbid):
+        plan = self.store.plan
+        while not plan(occ, entry.record, limit=limit, forbid=forbid, replace=replace):
             replay = occ.scheduled_ms <= entry.runs.replay_until_ms  # the clock went back
             if not (manual or entry.one_shot or replay):
                 log.warning(
@@ -369,6 +380,18 @@ class Dispatch:
             return
         log.warning("run.lease_lost", job=job, scheduled_at=iso(from_ms(scheduled_ms)))
         run.control.halt("lease_lost")
+
+    def halt(self, job: str, scheduled_ms: int, reason: str) -> None:
+        """Another replica planned a newer occurrence of this `replace` job: the run
+        holding this one stops now and records it cancelled, as a local replace does."""
+        runs = self.runs.get(job)
+        run = None if runs is None else runs.run_holding(scheduled_ms)
+        if run is None or run.control.stop.is_set() or reason != "replaced":
+            return
+        log.info("run.replaced", job=job, scheduled_at=iso(from_ms(scheduled_ms)), by="replica")
+        run.control.halt("replaced")
+        if run.task is not None:
+            run.task.cancel()
 
     def _halt_all(self) -> list[asyncio.Task[None]]:
         """Shutdown: no run starts another attempt; the tasks still going."""

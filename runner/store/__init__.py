@@ -103,13 +103,15 @@ class Store(Protocol):
         *,
         limit: int | None = None,
         forbid: bool = False,
+        replace: bool = False,
     ) -> bool:
         """Insert the occurrence if absent and save its job, in one transaction.
 
         False (and nothing written) when (job, scheduled_ms) already exists. `limit` is
-        the job's limit and `forbid` its `concurrency: forbid`, for backends shared by
-        replicas (see `Claims`); SQLite has a single writer whose own count and runs are
-        authoritative and ignores them.
+        the job's limit, `forbid` its `concurrency: forbid` and `replace` its
+        `concurrency: replace` (older open occurrences are halted wherever they run),
+        for backends shared by replicas (see `Claims`); SQLite has a single writer whose
+        own count and runs are authoritative and ignores them.
         """
         ...
 
@@ -200,6 +202,11 @@ class Replica(Protocol):
 
     def lease_lost(self, job: str, scheduled_ms: int) -> None:
         """Stop starting attempts of an occurrence whose lease could not be renewed."""
+        ...
+
+    def halt(self, job: str, scheduled_ms: int, reason: str) -> None:
+        """Stop the run of an occurrence held here because another replica asked
+        (`replaced`: a newer occurrence of a `concurrency: replace` job was planned)."""
         ...
 
     def shared(self, jobs: list[SharedJob]) -> None:

@@ -273,6 +273,7 @@ class SqliteStore:
         *,
         limit: int | None = None,
         forbid: bool = False,
+        replace: bool = False,
     ) -> bool:
         key = (occurrence.job, occurrence.scheduled_ms)
         try:

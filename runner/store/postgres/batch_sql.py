@@ -24,7 +24,7 @@ _TYPES = {
         "job_finished next_fire"
     ),
     "integer": "retry_count attempts",
-    "boolean": "paused chk leased ran counted forbid",
+    "boolean": "paused chk leased ran counted forbid displace",
 }
 _TYPE_OF = {column: kind for kind, columns in _TYPES.items() for column in columns.split()}
 
@@ -62,8 +62,11 @@ SAVE_JOBS = f"""
     RETURNING {", ".join(_SHARED_COLUMNS)}
 """
 
-PLAN_COLUMNS = [*_OCC_COLUMNS, "chk", "definition", "anchor", "lim", "leased", "forbid"]
+PLAN_COLUMNS = [
+    *(*_OCC_COLUMNS, "chk", "definition", "anchor", "lim", "leased", "forbid", "displace")
+]
 FORBID_REASON = "previous run still running on a replica (concurrency forbid)"
+REPLACED_REASON = "replaced by a newer occurrence (concurrency replace)"
 # Plans: insert-if-absent, unowned ('') when it is to run, owned by us when it is a
 # record (a skip). `ok` is false when the checks refuse it: the job is paused, another
 # first sighting of the same definition is stored, or `limit` is reached counting the
@@ -71,12 +74,15 @@ FORBID_REASON = "previous run still running on a replica (concurrency forbid)"
 # locked first, in name order). A candidate already present is not counted: it waits,
 # like the inserted ones, for a replica to claim it (DRAIN). A `forbid` candidate while
 # another occurrence of its job is open anywhere (planned, claimed or running) is
-# written skipped, by us: the replica that decided says so (`skipped`).
+# written skipped, by us: the replica that decided says so (`skipped`). A `replace`
+# (`displace`) one, once inserted to run, halts the older open occurrences of its job:
+# those a replica holds get `halt` set and their owners are told (`halt <replica>`:
+# they stop the run and record it cancelled); those nobody claimed yet are cancelled here.
 PLAN = f"""
     WITH c AS (SELECT * FROM {unnest(PLAN_COLUMNS, "c")}),
     locked AS MATERIALIZED (
         SELECT name FROM jobs
-        WHERE name IN (SELECT job FROM c WHERE chk AND (lim IS NOT NULL OR forbid))
+        WHERE name IN (SELECT job FROM c WHERE displace OR chk AND (lim IS NOT NULL OR forbid))
         ORDER BY name FOR UPDATE
     ), fresh AS (
         SELECT c.*, row_number() OVER (PARTITION BY c.job, c.chk ORDER BY c.scheduled_ms) AS nth
@@ -111,12 +117,32 @@ PLAN = f"""
         ORDER BY job, scheduled_ms
         ON CONFLICT (job, scheduled_ms) DO NOTHING
         RETURNING job, scheduled_ms, owner, state
+    ), newer AS (
+        SELECT ins.job, max(ins.scheduled_ms) AS scheduled_ms, max(c.created_ms) AS at_ms
+        FROM ins JOIN c ON c.job = ins.job AND c.scheduled_ms = ins.scheduled_ms
+        WHERE c.displace AND ins.owner = '' GROUP BY ins.job
+    ), halted AS (
+        UPDATE occurrences o SET halt = 'replaced'
+        FROM newer n
+        WHERE o.job = n.job AND o.scheduled_ms < n.scheduled_ms AND o.{_OPEN}
+            AND o.owner <> '' AND o.halt IS NULL
+        RETURNING o.owner
+    ), dropped AS (
+        UPDATE occurrences o SET state = 'cancelled', reason = %(replaced_reason)s,
+            finished_ms = n.at_ms, owner = %(me)s, fencing = nextval('fencing'),
+            lease_until = NULL
+        FROM newer n
+        WHERE o.job = n.job AND o.scheduled_ms < n.scheduled_ms
+            AND o.owner = '' AND o.state = 'planned'
+        RETURNING 1
     )
     SELECT c.job, c.scheduled_ms, COALESCE(v.ok, true),
         EXISTS (SELECT 1 FROM ins WHERE ins.job = c.job AND ins.scheduled_ms = c.scheduled_ms
             AND ins.state = 'skipped' AND c.state <> 'skipped'),
         (SELECT pg_notify('{CHANNEL}', 'claim ' || %(me)s)
-         WHERE EXISTS (SELECT 1 FROM ins WHERE owner = ''))
+         WHERE EXISTS (SELECT 1 FROM ins WHERE owner = '')),
+        (SELECT pg_notify('{CHANNEL}', 'halt ' || %(me)s)
+         WHERE EXISTS (SELECT 1 FROM halted WHERE owner <> %(me)s))
     FROM c LEFT JOIN verdict v ON v.job = c.job AND v.scheduled_ms = c.scheduled_ms
 """
 

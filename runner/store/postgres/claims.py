@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import structlog
 
+from runner import __version__
 from runner.store import OPEN_STATES, Occurrence, Replica, SharedJob
 from runner.store.postgres.batch_sql import CHANNEL
 from runner.store.postgres.connection import Lease, StoreUnavailable
@@ -20,7 +23,18 @@ from runner.store.postgres.writer import SPILL_S, _Writer
 log = structlog.get_logger("runner.store")
 
 TAKEOVER_BATCH = 100
-__all__ = ["TAKEOVER_BATCH", "Lease"]
+__all__ = ["HEARTBEAT", "TAKEOVER_BATCH", "Lease"]
+
+# Who shares the database (`status --state`): written at start, renewed with the leases,
+# stopped_at set by a clean stop. A replica not seen for a lease is presumed dead.
+HEARTBEAT = """
+    INSERT INTO replicas (id, host, pid, version, jobs, lease_s)
+    VALUES (%(me)s, %(host)s, %(pid)s, %(version)s, %(jobs)s, %(lease)s)
+    ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+        version = excluded.version, jobs = excluded.jobs, lease_s = excluded.lease_s,
+        seen_at = now(), stopped_at = NULL,
+        started_at = CASE WHEN %(fresh)s THEN now() ELSE replicas.started_at END
+"""
 
 _TAKEOVER = f"""
     UPDATE occurrences SET owner = %s, fencing = nextval('fencing'),
@@ -42,6 +56,7 @@ class _Claims(_Writer):
     _changed: int
     _expired: set[tuple[str, int]]
     _news: asyncio.Event  # another replica paused or resumed a job: read the jobs now
+    _halts_told: bool  # another replica halted occurrences, maybe ours: read them now
 
     # ---- Claims: what the scheduler asks as a replica --------------------------------------
 
@@ -101,13 +116,32 @@ class _Claims(_Writer):
             self.replica.shared(shared)
 
     async def _news_forever(self) -> None:
-        """Pause and resume on another replica reach this one as soon as it says so."""
+        """Pause and resume on another replica reach this one as soon as it says so, and
+        so does a halt of a run held here (a `replace` job's newer occurrence)."""
         while True:
             await self._news.wait()
             self._news.clear()
+            halts, self._halts_told = self._halts_told, False
             with contextlib.suppress(StoreUnavailable):
+                if halts:
+                    await self._db("news", self._read_halts)
                 await self._read_news("news")  # its own connection: the keeper may be busy
             self._recheck()  # a resumed job's occurrences may be claimed now
+
+    async def _read_halts(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cursor = await conn.execute(
+            f"SELECT job, scheduled_ms, fencing, halt FROM occurrences "
+            f"WHERE owner = %s AND halt IS NOT NULL AND {_OPEN}",
+            (self.replica_id,),
+        )
+        for job, scheduled_ms, fencing, reason in await cursor.fetchall():
+            lease = self.held.get((job, scheduled_ms))
+            if lease is not None and lease.fencing == fencing:
+                self._halt((job, scheduled_ms), reason)
+
+    def _halt(self, key: tuple[str, int], reason: str) -> None:
+        if self.replica is not None:
+            self.replica.halt(key[0], key[1], reason)
 
     async def _listen_forever(self) -> None:
         """LISTEN on its own connection: `claim <replica>` (unowned occurrences were
@@ -153,6 +187,9 @@ class _Claims(_Writer):
             asyncio.get_running_loop().call_later(SPILL_S * 1.5, self._recheck)
         elif what == "jobs":
             self._news.set()
+        elif what == "halt":
+            self._halts_told = True
+            self._news.set()
 
     def _keeper_sleep(self) -> float:
         if self.available:
@@ -160,23 +197,40 @@ class _Claims(_Writer):
         return min(1.0, self.lease_s / 6)  # reconnect soon; check expiries often
 
     async def _renew(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Renew our leases (a halt asked meanwhile comes back with them) and say we live."""
+        await conn.execute(HEARTBEAT, self._heartbeat(fresh=False))
         if not self.held:
-            await conn.execute("SELECT 1")
             return
         sent = self.clock.monotonic()
         tokens = [lease.fencing for lease in self.held.values()]
         cursor = await conn.execute(
             "UPDATE occurrences SET lease_until = now() + make_interval(secs => %s) "
-            "WHERE owner = %s AND fencing = ANY(%s) RETURNING fencing",
+            "WHERE owner = %s AND fencing = ANY(%s) RETURNING fencing, halt",
             (self.lease_s, self.replica_id, tokens),
         )
-        renewed = {row[0] for row in await cursor.fetchall()}
+        rows = await cursor.fetchall()
+        renewed = {row[0] for row in rows}
+        halts = {fencing: halt for fencing, halt in rows if halt}
         for key, lease in list(self.held.items()):
             if lease.fencing in renewed:
                 lease.valid_until = sent + self.lease_s
+                if lease.fencing in halts:  # its notification was missed
+                    self._halt(key, halts[lease.fencing])
             elif lease.fencing in tokens:  # re-owned by another replica meanwhile
                 self.held.pop(key, None)
                 self._lost(key)
+
+    def _heartbeat(self, *, fresh: bool) -> dict[str, Any]:
+        jobs = len(self.replica.known_jobs()) if self.replica is not None else 0
+        return {
+            "me": self.replica_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "jobs": jobs,
+            "lease": self.lease_s,
+            "fresh": fresh,
+        }
 
     def _to_waiting_runs(self, taken: list[Occurrence]) -> list[Occurrence]:
         """Taken over while this replica's own run of it still waits for the verdict

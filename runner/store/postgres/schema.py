@@ -70,6 +70,23 @@ MIGRATIONS: list[str] = [
     CREATE INDEX occurrences_unclaimed ON occurrences (scheduled_ms)
         WHERE owner = '' AND state = 'planned';
     """,
+    # Issue 14: `halt` asks an occurrence's owner to stop its run (a newer occurrence of
+    # a `concurrency: replace` job was planned, maybe by another replica); `replicas`
+    # is who shares the database, renewed every lease/3 (`status --state`).
+    """
+    ALTER TABLE occurrences ADD COLUMN halt TEXT;
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        jobs INTEGER NOT NULL DEFAULT 0,
+        started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        lease_s DOUBLE PRECISION NOT NULL,
+        stopped_at TIMESTAMPTZ
+    );
+    """,
 ]
 
 _JOB_COLUMNS = [f.name for f in fields(JobRecord)]

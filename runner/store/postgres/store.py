@@ -13,7 +13,7 @@ import structlog
 
 from runner.store import OPEN_STATES, JobRecord, Occurrence, Replica
 from runner.store.postgres.batch_sql import CHANNEL, HAND_BACK
-from runner.store.postgres.claims import _Claims
+from runner.store.postgres.claims import HEARTBEAT, _Claims
 from runner.store.postgres.connection import Lease, _Write, default_replica_id, display_dsn
 from runner.store.postgres.schema import (
     _JOB_COLUMNS,
@@ -100,6 +100,7 @@ class PostgresStore(_Claims):
         self._known: tuple[set[str], str] = (set(), "")
         self._skips: dict[tuple[str, int], str] = {}
         self._news = asyncio.Event()
+        self._halts_told = False
 
     # ---- start and stop ----------------------------------------------------------------
 
@@ -113,6 +114,9 @@ class PostgresStore(_Claims):
             self._changed = max(self._changed, row[-1])
         # Ours from a previous life (same replica_id) need not wait for their lease.
         self._open = await self._take_over(conn, known=known_jobs, mine=True)
+        await conn.execute(HEARTBEAT, self._heartbeat(fresh=True) | {"jobs": len(known_jobs)})
+        # Names of replicas long gone (a default id changes at every start).
+        await conn.execute("DELETE FROM replicas WHERE seen_at < now() - interval '7 days'")
 
     def start(self) -> None:
         """The writer, the lease keeper and the listener; call once the scheduler is
@@ -138,6 +142,8 @@ class PostgresStore(_Claims):
         with contextlib.suppress(Exception):
             conn = await self._conn("writer")
             await asyncio.wait_for(conn.execute(HAND_BACK, {"me": self.replica_id}), self.timeout_s)
+            stopped = "UPDATE replicas SET stopped_at = now() WHERE id = %s"
+            await asyncio.wait_for(conn.execute(stopped, (self.replica_id,)), self.timeout_s)
         for conn in self._conns.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 1.0)
@@ -173,6 +179,7 @@ class PostgresStore(_Claims):
         *,
         limit: int | None = None,
         forbid: bool = False,
+        replace: bool = False,
     ) -> bool:
         """Queue the plan; True at once, the verdict comes through `claimed`."""
         key = (occurrence.job, occurrence.scheduled_ms)
@@ -183,6 +190,7 @@ class PostgresStore(_Claims):
             *(check, record.definition_hash, record.anchor_ms, limit if check else None),
             not final,
             forbid and check,
+            replace and not final,
         )
         if not final:
             done = asyncio.get_running_loop().create_future()

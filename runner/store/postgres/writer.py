@@ -196,8 +196,9 @@ class _Writer(_Connections):
     ) -> None:
         params = sql.arrays(sql.PLAN_COLUMNS, "c", rows)
         params |= {"me": self.replica_id, "spill": SPILL_S, "forbid_reason": sql.FORBID_REASON}
+        params["replaced_reason"] = sql.REPLACED_REASON
         cursor = await conn.execute(sql.PLAN, params)
-        for job, scheduled_ms, ok, skipped, _ in await cursor.fetchall():
+        for job, scheduled_ms, ok, skipped, _, _ in await cursor.fetchall():
             verdict = self._waiting.get((job, scheduled_ms))
             if verdict is None:
                 continue  # a record (skip), or already claimed by this replica
