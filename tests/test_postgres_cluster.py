@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tests import pg_helpers
-from tests.daemon_helpers import DaemonProcess, ctl, wait_for
+from tests.daemon_helpers import DaemonProcess, control_request, ctl, wait_for
 from tests.emulator_fixture import RunningEmulator
 
 # The fixtures, by name (a function argument shadowing an import would read as a mistake).
@@ -169,6 +169,7 @@ def test_a_forbid_job_never_overlaps_across_replicas(
     replicas = start_replicas(tmp_path, emulator, pg_dsn, jobs)
     try:
         wait_for(lambda: len([e for r in replicas for e in r.events("run.finished")]) >= 3, 30)
+        metrics = {r.tmp_path.name: control_request(r, "GET", "/metrics").text for r in replicas}
     finally:
         for r in replicas:
             r.stop()
@@ -182,6 +183,10 @@ def test_a_forbid_job_never_overlaps_across_replicas(
         assert start >= end - 0.05, (who, next_who, runs)  # 50 ms: log timestamps' slack
     skipped = [e for r in replicas for e in r.events("run.skipped")]
     assert any("on a replica" in e["reason"] for e in skipped), skipped
+    # Counted by the replica that decided, under its name.
+    deciders = {r.tmp_path.name for r in replicas if r.events("run.skipped")}
+    for name in deciders:
+        assert f'job="slow",outcome="skipped",replica="{name}"' in metrics[name]
 
 
 def _started(event: dict[str, Any]) -> float:

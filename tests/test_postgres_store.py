@@ -399,9 +399,7 @@ async def test_a_replace_plan_halts_the_older_run_on_its_owner_and_cancels_uncla
         assert await a.claimed(first)
         b.plan(occurrence(T0 + 500), record())  # a plain plan halts nothing
         await flush(b)
-        assert rows(pg_dsn, "SELECT halt FROM occurrences WHERE scheduled_ms = %s", T0) == [
-            (None,)
-        ]
+        assert rows(pg_dsn, "SELECT halt FROM occurrences WHERE scheduled_ms = %s", T0) == [(None,)]
         with psycopg.connect(pg_dsn, autocommit=True) as conn:  # planned, nobody claimed it
             conn.execute(
                 "INSERT INTO occurrences (job, scheduled_ms, idempotency_key, state, trigger, "
@@ -413,9 +411,7 @@ async def test_a_replace_plan_halts_the_older_run_on_its_owner_and_cancels_uncla
         b.plan(newest, record(), replace=True)
         assert await b.claimed(newest)
         await asyncio.wait_for(_until(lambda: replica_a.halts), 3)  # told, not renewed
-        states = rows(
-            pg_dsn, "SELECT scheduled_ms, state, owner, halt FROM occurrences ORDER BY 1"
-        )
+        states = rows(pg_dsn, "SELECT scheduled_ms, state, owner, halt FROM occurrences ORDER BY 1")
     finally:
         await a.aclose()
         await b.aclose()

@@ -117,16 +117,19 @@ class _ProbeCollector(Collector):
 class Metrics:
     """Every metric the daemon exports; the daemon calls these as things happen."""
 
-    def __init__(self, snapshot: Callable[[], JobSnapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], JobSnapshot], replica: str | None = None) -> None:
+        """`replica`: with replicas sharing PostgreSQL, outcomes carry this replica's id
+        (a skip or a failure says which replica decided it); not with SQLite."""
         self.registry = CollectorRegistry()
+        self._replica = (replica,) if replica else ()
         r = self.registry
         # Labelled children, looked up once: `labels()` takes a lock and builds its key on
         # every call (four per occurrence; 16,000 calls in a 4,000-occurrence burst).
         self._children: dict[tuple[str, ...], Any] = {}
         self.runs = Counter(
             "ductape_runner_runs",
-            "Occurrences finished, by outcome.",
-            ["job", "outcome"],
+            "Occurrences finished, by outcome (and the replica that decided, with replicas).",
+            ["job", "outcome", "replica"] if replica else ["job", "outcome"],
             registry=r,
         )
         self.run_duration = Histogram(
@@ -182,7 +185,7 @@ class Metrics:
 
     def run_finished(self, job: str, kind: str, outcome: Outcome, duration_s: float | None) -> None:
         """One occurrence is final; skipped ones have no duration."""
-        self._child(self.runs, "runs", job, outcome).inc()
+        self._child(self.runs, "runs", job, outcome, *self._replica).inc()
         if outcome == "succeeded":
             self._child(self.runs_since_success, "since", job).set(0)
         elif outcome != "dry_run":

@@ -127,7 +127,7 @@ class Daemon(Shutdown, DuctapeAccess):
             ),
             claims=shared,
         )
-        self.metrics = Metrics(self._snapshot)
+        self.metrics = Metrics(self._snapshot, None if shared is None else shared.replica_id)
         self.view = DaemonView(
             self.scheduler,
             stale_after_s=65.0,  # a loop stalled this long is unhealthy
