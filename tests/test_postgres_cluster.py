@@ -234,3 +234,25 @@ def test_a_replace_job_triggered_on_another_replica_halts_the_run_in_progress(
         "replaced by a newer occurrence (concurrency replace)",
     )
     assert states[1][1] == "succeeded"
+
+
+def test_the_leaders_death_hands_its_duties_over_within_its_lease(
+    tmp_path: Path, emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    jobs = f"name: yearly\n{JOB}schedule: {{cron: '0 0 1 1 *'}}\n"
+    replicas = start_replicas(tmp_path, emulator, pg_dsn, jobs, env={"DUCTAPE_RUNNER_LEASE_S": "3"})
+    try:
+        [(leader,)] = pg_query(pg_dsn, "SELECT holder FROM leaders")
+        by_id = {r.tmp_path.name: r for r in replicas}
+        assert by_id[leader].events("leader.elected")
+        by_id[leader].kill()
+        killed_at = time.time()
+        others = [r for name, r in by_id.items() if name != leader]
+        wait_for(lambda: any(r.events("leader.elected") for r in others), timeout=6)
+        handed_after = time.time() - killed_at
+        [(holder, term)] = pg_query(pg_dsn, "SELECT holder, term FROM leaders")
+    finally:
+        for r in replicas:
+            r.stop()
+    assert holder != leader and term == 2
+    assert handed_after < 3.5, handed_after  # the lease is 3 s; log polling adds a little

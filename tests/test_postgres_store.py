@@ -434,3 +434,41 @@ async def test_replicas_say_they_live_and_a_clean_stop_says_so(pg_dsn: str) -> N
     await b.aclose()
     assert live == [("a", True, 1), ("b", True, 1)]
     assert stopped == [("a", False), ("b", True)]
+
+
+async def test_one_leader_at_a_time_and_its_death_hands_the_chores_over_within_its_lease(
+    pg_dsn: str,
+) -> None:
+    stores = [await replica(pg_dsn, name, lease_s=3.0) for name in ("a", "b", "c")]
+    a, b, c = stores
+    try:
+        assert a.leading()  # first to start
+        await asyncio.sleep(1.5)  # b and c looked again meanwhile
+        assert not b.leading() and not c.leading()
+        assert b.prune(T0) == 0 and b._queue.empty()  # not the leader: no prune queued
+        [(renewed_until,)] = rows(pg_dsn, "SELECT extract(epoch FROM lease_until) FROM leaders")
+        a._tasks[1].cancel()  # a's keeper stops: no more renewals, as if a were dead
+        await asyncio.wait_for(_until(lambda: b.leading() or c.leading()), 6)
+        [(holder, term, since_expiry)] = rows(
+            pg_dsn,
+            "SELECT holder, term, extract(epoch FROM now()) - %s FROM leaders",
+            renewed_until,
+        )
+        both = b.leading() and c.leading()
+    finally:
+        for store in stores:
+            await store.aclose()
+    assert holder in ("b", "c") and term == 2 and not both
+    assert float(since_expiry) < 0.5  # taken within half a second of a's lease running out
+
+
+async def test_a_leader_stopped_cleanly_hands_over_at_once(pg_dsn: str) -> None:
+    a = await replica(pg_dsn, "a", lease_s=30.0)
+    b = await replica(pg_dsn, "b", lease_s=30.0)
+    try:
+        assert a.leading() and not b.leading()
+        await a.aclose()  # resigns and says so: b need not wait 30 s
+        await asyncio.wait_for(_until(b.leading), 2)
+    finally:
+        await b.aclose()
+    assert rows(pg_dsn, "SELECT holder, term FROM leaders") == [("b", 2)]

@@ -17,8 +17,9 @@ from runner import __version__
 from runner.store import OPEN_STATES, Occurrence, Replica, SharedJob
 from runner.store.postgres.batch_sql import CHANNEL
 from runner.store.postgres.connection import Lease, StoreUnavailable
+from runner.store.postgres.leader import _Leadership
 from runner.store.postgres.schema import _OCC_COLUMNS, _OPEN, _SHARED_COLUMNS
-from runner.store.postgres.writer import SPILL_S, _Writer
+from runner.store.postgres.writer import SPILL_S
 
 log = structlog.get_logger("runner.store")
 
@@ -48,7 +49,7 @@ _TAKEOVER = f"""
 """
 
 
-class _Claims(_Writer):
+class _Claims(_Leadership):
     """The claims and leases of a `PostgresStore`: its writes about occurrences, its keeper."""
 
     margin_s: float
@@ -57,6 +58,7 @@ class _Claims(_Writer):
     _expired: set[tuple[str, int]]
     _news: asyncio.Event  # another replica paused or resumed a job: read the jobs now
     _halts_told: bool  # another replica halted occurrences, maybe ours: read them now
+    _elect_told: bool  # the leader stepped down: elect now
 
     # ---- Claims: what the scheduler asks as a replica --------------------------------------
 
@@ -107,8 +109,9 @@ class _Claims(_Writer):
                 if taken and self.replica is not None:
                     self.replica.adopt(taken)
                 self._recheck()
+                await self._db("keeper", self._elect)
             self._expire()
-            await self.clock.sleep(self._keeper_sleep())
+            await self.clock.sleep(min(self._keeper_sleep(), self._leader_wait))
 
     async def _read_news(self, conn_name: str = "keeper") -> None:
         shared = await self._db(conn_name, self._read_shared)
@@ -122,9 +125,12 @@ class _Claims(_Writer):
             await self._news.wait()
             self._news.clear()
             halts, self._halts_told = self._halts_told, False
+            elect, self._elect_told = self._elect_told, False
             with contextlib.suppress(StoreUnavailable):
                 if halts:
                     await self._db("news", self._read_halts)
+                if elect:  # the leader stepped down: one of us takes over now
+                    await self._db("news", self._elect)
                 await self._read_news("news")  # its own connection: the keeper may be busy
             self._recheck()  # a resumed job's occurrences may be claimed now
 
@@ -189,6 +195,9 @@ class _Claims(_Writer):
             self._news.set()
         elif what == "halt":
             self._halts_told = True
+            self._news.set()
+        elif what == "leader":
+            self._elect_told = True
             self._news.set()
 
     def _keeper_sleep(self) -> float:

@@ -72,7 +72,8 @@ MIGRATIONS: list[str] = [
     """,
     # Issue 14: `halt` asks an occurrence's owner to stop its run (a newer occurrence of
     # a `concurrency: replace` job was planned, maybe by another replica); `replicas`
-    # is who shares the database, renewed every lease/3 (`status --state`).
+    # is who shares the database, renewed every lease/3 (`status --state`); `leaders`
+    # holds the lease of the replica doing the cluster's chores (runner.store.postgres.leader).
     """
     ALTER TABLE occurrences ADD COLUMN halt TEXT;
     CREATE TABLE replicas (
@@ -85,6 +86,12 @@ MIGRATIONS: list[str] = [
         seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         lease_s DOUBLE PRECISION NOT NULL,
         stopped_at TIMESTAMPTZ
+    );
+    CREATE TABLE leaders (
+        duty TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        term BIGINT NOT NULL,
+        lease_until TIMESTAMPTZ NOT NULL
     );
     """,
 ]

@@ -101,6 +101,10 @@ class PostgresStore(_Claims):
         self._skips: dict[tuple[str, int], str] = {}
         self._news = asyncio.Event()
         self._halts_told = False
+        self._elect_told = False
+        self._lead_until = 0.0
+        self._leader_wait = lease_s / 3
+        self._term = 0
 
     # ---- start and stop ----------------------------------------------------------------
 
@@ -117,6 +121,7 @@ class PostgresStore(_Claims):
         await conn.execute(HEARTBEAT, self._heartbeat(fresh=True) | {"jobs": len(known_jobs)})
         # Names of replicas long gone (a default id changes at every start).
         await conn.execute("DELETE FROM replicas WHERE seen_at < now() - interval '7 days'")
+        await self._elect(conn)
 
     def start(self) -> None:
         """The writer, the lease keeper and the listener; call once the scheduler is
@@ -142,6 +147,7 @@ class PostgresStore(_Claims):
         with contextlib.suppress(Exception):
             conn = await self._conn("writer")
             await asyncio.wait_for(conn.execute(HAND_BACK, {"me": self.replica_id}), self.timeout_s)
+            await asyncio.wait_for(self._resign(conn), self.timeout_s)
             stopped = "UPDATE replicas SET stopped_at = now() WHERE id = %s"
             await asyncio.wait_for(conn.execute(stopped, (self.replica_id,)), self.timeout_s)
         for conn in self._conns.values():
@@ -244,8 +250,10 @@ class PostgresStore(_Claims):
         return [Occurrence(*row) for row in rows]
 
     def prune(self, before_ms: int) -> int:
-        """Queued: returns 0, and the writer logs `history.pruned` with what it deleted
-        (every replica prunes; whichever comes first deletes the rows)."""
+        """Queued: returns 0, and the writer logs `history.pruned` with what it deleted.
+        Only the leader prunes (runner.store.postgres.leader)."""
+        if not self.leading():
+            return 0
         sql = (
             f"DELETE FROM occurrences WHERE finished_ms IS NOT NULL AND finished_ms < %s "
             f"AND NOT {_OPEN}"
