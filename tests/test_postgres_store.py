@@ -472,3 +472,41 @@ async def test_a_leader_stopped_cleanly_hands_over_at_once(pg_dsn: str) -> None:
     finally:
         await b.aclose()
     assert rows(pg_dsn, "SELECT holder, term FROM leaders") == [("b", 2)]
+
+
+async def test_a_halted_occurrence_of_a_dead_replica_is_cancelled_not_run_again(
+    pg_dsn: str,
+) -> None:
+    a = await replica(pg_dsn, "a")
+    b = await replica(pg_dsn, "b", lease_s=3.0)
+    replica_b: Any = b.replica
+    try:
+        first = occurrence(T0)
+        a.plan(first, record())
+        assert await a.claimed(first)
+        a._tasks[1].cancel()  # a dies before it hears of the halt: no renewal, no news
+        a._tasks[2].cancel()
+        newest = occurrence(T0 + 1000)
+        b.plan(newest, record(), replace=True)
+        assert await b.claimed(newest)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # a's lease runs out
+            conn.execute(
+                "UPDATE occurrences SET lease_until = now() - interval '1 s' WHERE owner = 'a'"
+            )
+        await asyncio.wait_for(
+            _until(
+                lambda: (
+                    rows(pg_dsn, "SELECT state FROM occurrences WHERE scheduled_ms = %s", T0)
+                    == [("cancelled",)]
+                )
+            ),
+            5,
+        )
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert replica_b.adopted == []  # b did not run it again
+    [(owner, reason)] = rows(
+        pg_dsn, "SELECT owner, reason FROM occurrences WHERE scheduled_ms = %s", T0
+    )
+    assert owner == "b" and "replaced" in reason

@@ -15,7 +15,7 @@ import structlog
 
 from runner import __version__
 from runner.store import OPEN_STATES, Occurrence, Replica, SharedJob
-from runner.store.postgres.batch_sql import CHANNEL
+from runner.store.postgres.batch_sql import CHANNEL, REPLACED_REASON
 from runner.store.postgres.connection import Lease, StoreUnavailable
 from runner.store.postgres.leader import _Leadership
 from runner.store.postgres.schema import _OCC_COLUMNS, _OPEN, _SHARED_COLUMNS
@@ -46,6 +46,17 @@ _TAKEOVER = f"""
             AND job = ANY(%s)
         ORDER BY scheduled_ms LIMIT {TAKEOVER_BATCH} FOR UPDATE SKIP LOCKED)
     RETURNING {", ".join(_OCC_COLUMNS)}, fencing
+"""
+
+
+# A halted occurrence whose owner is gone is not run again by whoever takes it over: it
+# is recorded cancelled at once (a newer occurrence of its `replace` job replaced it).
+_CANCEL_HALTED = f"""
+    UPDATE occurrences SET state = 'cancelled', reason = %s, owner = %s,
+        fencing = nextval('fencing'), lease_until = NULL,
+        finished_ms = (extract(epoch FROM now()) * 1000)::bigint
+    WHERE {_OPEN} AND halt IS NOT NULL AND owner <> '' AND (lease_until < now() OR owner = %s)
+        AND job = ANY(%s)
 """
 
 
@@ -269,7 +280,9 @@ class _Claims(_Leadership):
             return []
         sent = self.clock.monotonic()
         owner = self.replica_id if mine else ""
-        params = (self.replica_id, self.lease_s, owner, sorted(known))
+        jobs = sorted(known)
+        await conn.execute(_CANCEL_HALTED, (REPLACED_REASON, self.replica_id, owner, jobs))
+        params = (self.replica_id, self.lease_s, owner, jobs)
         cursor = await conn.execute(_TAKEOVER, params)
         taken = []
         for row in await cursor.fetchall():
