@@ -12,8 +12,10 @@ answering at once and with every call delayed by `--delay-ms` (the emulator's
 and `max_connections`), so one replica's bound with the delay is in_flight / delay
 (640/s for 64 and 100 ms). Measured: from the due instant until the emulator has
 received all N calls (each key once), so it includes claiming, the call and the
-bookkeeping; and the CPU seconds the replicas and the emulator used meanwhile (against
-cores x seconds, the machine's limit). Each PostgreSQL row uses a fresh database,
+bookkeeping; and the CPU seconds the replicas, the emulator and the PostgreSQL server
+used meanwhile (against cores x seconds, the machine's limit), and their sum per
+occurrence: on a machine where they all share the cores, cores / that sum bounds the
+rate whatever the number of replicas. Each PostgreSQL row uses a fresh database,
 dropped afterwards.
 """
 
@@ -113,10 +115,21 @@ class Result:
     twice: int
     replicas_cpu_s: float
     emulator_cpu_s: float
+    postgres_cpu_s: float = 0.0
 
 
 def cpu_s(pids: list[int]) -> float:
     return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds of every PostgreSQL server process on this machine (backends come and
+    go with connections; one that ended during the round is missed, so this is a floor)."""
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if proc.info["name"] in ("postgres", "postmaster") and proc.info["cpu_times"]:
+            total += sum(proc.info["cpu_times"][:2])
+    return total
 
 
 def run_case(
@@ -142,10 +155,10 @@ def run_case(
         try:
             time.sleep(max(start_ms / 1000 - time.time(), 0))
             pids = [proc.pid for proc in procs]
-            before = cpu_s(pids), cpu_s([emulator_pid])
+            before = cpu_s(pids), cpu_s([emulator_pid]), postgres_cpu_s()
             timeout_s = 120 + start_ms / 1000 - time.time()
             done_at, keys = wait_for_calls(http, jobs, timeout_s)
-            after = cpu_s(pids), cpu_s([emulator_pid])
+            after = cpu_s(pids), cpu_s([emulator_pid]), postgres_cpu_s()
             elapsed = done_at - start_ms / 1000
         finally:
             for proc in procs:
@@ -154,7 +167,8 @@ def run_case(
                 proc.wait(timeout=60)
     http.close()
     twice = sum(1 for n in keys.values() if n > 1)
-    return Result(elapsed, twice, after[0] - before[0], after[1] - before[1])
+    database = after[2] - before[2] if case.state == "PostgreSQL" else 0.0
+    return Result(elapsed, twice, after[0] - before[0], after[1] - before[1], database)
 
 
 def wait_for_calls(http: httpx.Client, jobs: int, timeout_s: float) -> tuple[float, Counter[str]]:
@@ -231,6 +245,7 @@ def median_result(results: list[Result]) -> Result:
         max(r.twice for r in results),
         statistics.median(r.replicas_cpu_s for r in results),
         statistics.median(r.emulator_cpu_s for r in results),
+        statistics.median(r.postgres_cpu_s for r in results),
     )
 
 
@@ -245,11 +260,13 @@ def print_table(
     )
     print(
         "| Ductape delay | state | replicas | seconds | occurrences/s | vs "
-        "| keys called twice | CPU s: replicas, emulator |"
+        "| keys called twice | CPU s: replicas, emulator, PostgreSQL | CPU ms per occurrence |"
     )
-    print("|---:|---|---:|---:|---:|---|---:|---:|")
+    print("|---:|---|---:|---:|---:|---|---:|---:|---:|")
     for case, result in rows:
         rate = args.jobs / result.seconds
+        used = result.replicas_cpu_s + result.emulator_cpu_s + result.postgres_cpu_s
+        cpu_ms = used * 1000 / args.jobs  # all processes: what bounds the rate on this machine
         if case.replicas == 3:
             peer = rates["PostgreSQL", 1, case.delay_ms]
             versus = f"{rate / peer:.2f}x one PostgreSQL replica"
@@ -263,7 +280,8 @@ def print_table(
         print(
             f"| {case.delay_ms} ms | {case.state} | {case.replicas} | {result.seconds:.2f} "
             f"| {rate:,.0f} | {versus} | {result.twice} "
-            f"| {result.replicas_cpu_s:.1f}, {result.emulator_cpu_s:.1f} |"
+            f"| {result.replicas_cpu_s:.1f}, {result.emulator_cpu_s:.1f}, "
+            f"{result.postgres_cpu_s:.1f} | {cpu_ms:.2f} |"
         )
 
 
