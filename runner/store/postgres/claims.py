@@ -35,6 +35,7 @@ HEARTBEAT = """
         version = excluded.version, jobs = excluded.jobs, lease_s = excluded.lease_s,
         seen_at = now(), stopped_at = NULL,
         started_at = CASE WHEN %(fresh)s THEN now() ELSE replicas.started_at END
+    WHERE %(fresh)s OR replicas.stopped_at IS NULL  -- a renewal still in flight at a stop
 """
 
 _TAKEOVER = f"""
