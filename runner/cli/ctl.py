@@ -165,13 +165,14 @@ def _reason(exc: Exception) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Left-aligned columns two spaces apart; None prints as '-'."""
-    cells = [[_cell(v) for v in row] for row in [headers, *rows]]
+    cells = [[cell(v) for v in row] for row in [headers, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as the tables show it: '-', yes/no, an instant to the second, controls escaped."""
     if value is None or value == "":
         return "-"
     if isinstance(value, bool):
@@ -186,15 +187,13 @@ def _render_status(payload: Any) -> str:
     if "summary" not in payload:
         return _render_job(payload)
     summary, jobs = payload["summary"], payload["jobs"]
-    counts = ", ".join(f"{n} {_cell(status)}" for status, n in summary["by_status"].items())
+    counts = ", ".join(f"{n} {cell(status)}" for status, n in summary["by_status"].items())
     lines = [f"jobs: {summary['jobs']}" + (f" ({counts})" if counts else "")]
     nxt = summary.get("next_run")
-    lines.append(
-        f"next run: {_cell(nxt['job_id'])} at {_cell(nxt['at'])}" if nxt else "next run: -"
-    )
+    lines.append(f"next run: {cell(nxt['job_id'])} at {cell(nxt['at'])}" if nxt else "next run: -")
     invalid = summary["invalid_files"]
     lines.append(f"invalid files: {len(invalid)}")
-    lines += [f"  {_located(visible(item['path']), _cell(item['error']))}" for item in invalid]
+    lines += [f"  {_located(visible(item['path']), cell(item['error']))}" for item in invalid]
     if summary.get("folder_guard"):
         lines.append(f"folder guard: {visible(summary['folder_guard'])}")
     lines += [
@@ -225,37 +224,38 @@ def _render_job(job: dict[str, Any]) -> str:
     return table(("FIELD", "VALUE"), list(job.items()))
 
 
+HISTORY_HEADERS = ("SCHEDULED", "TRIGGER", "STATE", "ATTEMPTS", "DURATION", "DETAIL")
+
+
+def history_row(o: dict[str, Any]) -> tuple[Any, ...]:
+    """One occurrence under HISTORY_HEADERS (`history --state` adds its owner)."""
+    return (
+        o["scheduled_at"],
+        o["trigger"],
+        o["state"],
+        o["attempts"],
+        None if o["duration_ms"] is None else f"{o['duration_ms'] / 1000:.3f}s",
+        o["last_error"] or o["reason"],
+    )
+
+
 def _render_history(occurrences: list[dict[str, Any]]) -> str:
     if not occurrences:
         return "no runs yet"
-    headers = ("SCHEDULED", "TRIGGER", "STATE", "ATTEMPTS", "DURATION", "DETAIL")
-    rows = [
-        (
-            o["scheduled_at"],
-            o["trigger"],
-            o["state"],
-            o["attempts"],
-            None if o["duration_ms"] is None else f"{o['duration_ms'] / 1000:.3f}s",
-            o["last_error"] or o["reason"],
-        )
-        for o in occurrences
-    ]
-    return table(headers, rows)
+    return table(HISTORY_HEADERS, [history_row(o) for o in occurrences])
 
 
 def _render_trigger(occ: dict[str, Any]) -> str:
-    line = (
-        f"triggered {_cell(occ['job_id'])}: run at {_cell(occ['scheduled_at'])} is {occ['state']}"
-    )
-    return line + (f" ({_cell(occ['reason'])})" if occ.get("reason") else "")
+    line = f"triggered {cell(occ['job_id'])}: run at {cell(occ['scheduled_at'])} is {occ['state']}"
+    return line + (f" ({cell(occ['reason'])})" if occ.get("reason") else "")
 
 
 def _render_pause(job: dict[str, Any]) -> str:
-    return f"paused {_cell(job['job_id'])} (status {_cell(job['status'])})"
+    return f"paused {cell(job['job_id'])} (status {cell(job['status'])})"
 
 
 def _render_resume(job: dict[str, Any]) -> str:
-    return f"resumed {_cell(job['job_id'])}: next run {_cell(job['next_run_at'])}"
+    return f"resumed {cell(job['job_id'])}: next run {cell(job['next_run_at'])}"
 
 
 _RENDER: dict[str, Callable[[Any], str]] = {

@@ -70,6 +70,7 @@ def _control(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+SHARED_STATE_COMMANDS = ("status", "history")  # also read the replicas' database (--state)
 CONTROL_COMMANDS = (
     ("status", "jobs and their state (all, or one JOB)"),
     ("history", "recent occurrences of JOB"),
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
             ctl.add_argument(
                 "--limit", type=_positive, default=20, metavar="N", help="how many (default 20)"
             )
+        if name in SHARED_STATE_COMMANDS:
+            ctl.add_argument(
+                "--state", metavar="DSN",
+                help="read the state the replicas share from this postgresql:// DSN "
+                "(read-only, no daemon asked): the whole cluster's view",
+            )  # fmt: skip
         ctl.set_defaults(handler=cmd_ctl, ctl_command=name)
 
     ui = sub.add_parser("ui", help="print the login URL of the running daemon's web dashboard")
@@ -317,6 +324,8 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "state", None) is not None:
+        return _shared_state(args)
     from runner.cli.ctl import run_ctl
     from runner.settings import client_control_token, control_socket_path
 
@@ -332,6 +341,28 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
         err=sys.stderr,
         limit=getattr(args, "limit", 20),
         token=token,
+    )
+
+
+def _shared_state(args: argparse.Namespace) -> int:
+    """`status`/`history --state DSN`: the database itself, not a daemon's view of it."""
+    from runner.cli.shared_state import run_shared
+
+    if args.socket or args.url:
+        print(
+            f"ductape-runner {args.command}: --state reads the database, --socket and --url "
+            "ask a daemon: give one or the other",
+            file=sys.stderr,
+        )
+        return 2
+    return run_shared(
+        args.ctl_command,
+        args.job,
+        args.state,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+        limit=getattr(args, "limit", 20),
     )
 
 

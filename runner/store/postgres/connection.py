@@ -62,8 +62,16 @@ def is_dsn(state: str) -> bool:
 
 
 def display_dsn(dsn: str) -> str:
-    """The DSN without its password, for logs and status."""
-    params = conninfo_to_dict(dsn)
+    """The DSN without its password, for logs and status.
+
+    One libpq cannot parse keeps its scheme, user and host part, and loses the rest:
+    parsing it again would raise an error that quotes it, password and all.
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        userinfo, at, where = dsn.partition("://")[2].rpartition("@")
+        return f"postgresql://{userinfo.partition(':')[0]}{at}{where.partition('?')[0]}"
     params.pop("password", None)
     host, db = params.get("host", "localhost"), params.get("dbname", "")
     return f"postgresql://{params.get('user', '')}@{host}:{params.get('port', 5432)}/{db}"
