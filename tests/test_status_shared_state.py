@@ -118,6 +118,7 @@ async def test_status_lists_every_replica_with_its_state_and_where_each_job_runs
         "c": "lost",
     }
     assert replicas["a"]["pid"] > 0 and replicas["a"]["host"] and replicas["a"]["version"]
+    assert [name for name, r in replicas.items() if r["leader"]] == ["a"]  # b resigned
     assert replicas["b"]["stopped_at"].endswith("Z") and replicas["a"]["stopped_at"] is None
     jobs = {j["job_id"]: j for j in status["jobs"]}
     assert jobs["j"]["running_on"] == ["a"] and jobs["p"]["running_on"] == []
@@ -229,7 +230,7 @@ AT = datetime(2027, 1, 15, 8, 0, tzinfo=UTC)
 
 def test_the_terminal_status_shows_replicas_a_summary_and_jobs_with_their_replicas() -> None:
     replicas = [
-        ReplicaRow("a", "host-a", 11, "1.2.0", 2, AT, AT, 30.0, None, "alive"),
+        ReplicaRow("a", "host-a", 11, "1.2.0", 2, AT, AT, 30.0, None, "alive", leader=True),
         ReplicaRow("b", "host-b", 12, "1.2.0", 2, AT, AT, 30.0, AT, "stopped"),
     ]
     held = Occurrence("evil\x1b[2Jjob", T0, "k", created_ms=T0)
@@ -249,9 +250,9 @@ def test_the_terminal_status_shows_replicas_a_summary_and_jobs_with_their_replic
 
 EXPECTED_STATUS = r"""state: postgresql://runner@db:5432/runner
 
-REPLICA  HOST    PID  VERSION  JOBS  STARTED               LAST SEEN             STATE
-a        host-a  11   1.2.0    2     2027-01-15 08:00:00Z  2027-01-15 08:00:00Z  alive
-b        host-b  12   1.2.0    2     2027-01-15 08:00:00Z  2027-01-15 08:00:00Z  stopped
+REPLICA  HOST    PID  VERSION  JOBS  STARTED               LAST SEEN             STATE    LEADER
+a        host-a  11   1.2.0    2     2027-01-15 08:00:00Z  2027-01-15 08:00:00Z  alive    yes
+b        host-b  12   1.2.0    2     2027-01-15 08:00:00Z  2027-01-15 08:00:00Z  stopped  no
 
 jobs: 2 (1 paused, 1 running), paused: 1
 next run: evil\x1b[2Jjob at 2027-01-15 09:00:00Z

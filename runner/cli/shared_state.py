@@ -153,6 +153,7 @@ def replica_dict(replica: ReplicaRow) -> dict[str, Any]:
         "lease_s": replica.lease_s,
         "stopped_at": iso(replica.stopped_at),
         "state": replica.state,
+        "leader": replica.leader,
     }
 
 
@@ -173,6 +174,7 @@ _REPLICA_COLUMNS = {
     "STARTED": "started_at",
     "LAST SEEN": "seen_at",
     "STATE": "state",
+    "LEADER": "leader",
 }
 _JOB_COLUMNS = {
     "JOB": "job_id",

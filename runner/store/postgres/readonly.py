@@ -22,11 +22,14 @@ ReplicaState = Literal["alive", "stopped", "lost"]
 _QUOTED = re.compile(r'"[^"]*"')
 
 # Database time decides, as it does for leases: a replica renews `seen_at` every lease/3.
+# The leader is the holder of an unexpired `chores` lease (the same migration made both).
 _REPLICAS = """
     SELECT id, host, pid, version, jobs, started_at, seen_at, lease_s, stopped_at,
         CASE WHEN stopped_at IS NOT NULL THEN 'stopped'
              WHEN seen_at >= now() - make_interval(secs => lease_s) THEN 'alive'
-             ELSE 'lost' END
+             ELSE 'lost' END,
+        EXISTS (SELECT 1 FROM leaders l
+                WHERE l.duty = 'chores' AND l.holder = id AND l.lease_until > now())
     FROM replicas ORDER BY id
 """
 _SELECT_OCC_OWNED = f"SELECT {', '.join(_OCC_COLUMNS)}, owner FROM occurrences"
@@ -46,6 +49,7 @@ class ReplicaRow:
     lease_s: float
     stopped_at: datetime | None
     state: ReplicaState
+    leader: bool = False  # holds the leader's lease (runner.store.postgres.leader)
 
 
 @dataclass(frozen=True, slots=True)
