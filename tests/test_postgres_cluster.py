@@ -4,6 +4,9 @@ pause or resume on one replica reaches the others within a second (LISTEN/NOTIFY
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import datetime
@@ -251,8 +254,21 @@ def test_the_leaders_death_hands_its_duties_over_within_its_lease(
         wait_for(lambda: any(r.events("leader.elected") for r in others), timeout=6)
         handed_after = time.time() - killed_at
         [(holder, term)] = pg_query(pg_dsn, "SELECT holder, term FROM leaders")
+        wait_for(lambda: _cluster(others[0], pg_dsn)[leader]["state"] == "lost", timeout=3)
+        cluster = _cluster(others[0], pg_dsn)  # what an operator sees, read from the database
     finally:
         for r in replicas:
             r.stop()
     assert holder != leader and term == 2
+    assert {name: (r["state"], r["leader"]) for name, r in cluster.items()} == {
+        name: ("lost", False) if name == leader else ("alive", name == holder) for name in by_id
+    }
     assert handed_after < 3.5, handed_after  # the lease is 3 s; log polling adds a little
+
+
+def _cluster(replica: DaemonProcess, dsn: str) -> dict[str, dict[str, Any]]:
+    """The replicas, as `status --state DSN --json` prints them."""
+    command = [sys.executable, "-m", "runner", "status", "--state", dsn, "--json"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=30, env=replica.env)
+    assert proc.returncode == 0, proc.stderr
+    return {r["replica_id"]: r for r in json.loads(proc.stdout)["replicas"]}
