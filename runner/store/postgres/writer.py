@@ -272,7 +272,10 @@ class _Writer(_Connections):
     ) -> list[Occurrence]:
         sent = self.clock.monotonic()
         params = {"me": self.replica_id, "known": known, "demand": room, "lease": self.lease_s}
-        cursor = await conn.execute(sql.DRAIN, params)
+        # Planned afresh each time: with the names as a constant, PostgreSQL tests each
+        # row against a hash of them; a prepared (generic) plan compares each row with
+        # every name. Measured, 2,000 jobs, 64 claimed per statement: 3-4 ms against 11-14.
+        cursor = await conn.execute(sql.DRAIN, params, prepare=False)
         claimed, others = [], []
         for row in await cursor.fetchall():
             occ = Occurrence(*row[:-1])
