@@ -217,8 +217,9 @@ def test_a_replace_job_triggered_on_another_replica_halts_the_run_in_progress(
         other = next(r for name, r in by_id.items() if name != owner)
         assert ctl(other, "trigger", "latest").returncode == 0
         replaced_at = time.time()
-        wait_for(lambda: by_id[owner].events("run.replaced"), timeout=3)
-        halted_after = time.time() - replaced_at
+        wait_for(lambda: by_id[owner].events("run.replaced"), timeout=5)
+        [halted] = by_id[owner].events("run.replaced")
+        halted_after = datetime.fromisoformat(halted["timestamp"]).timestamp() - replaced_at
         wait_for(
             lambda: (
                 len(pg_query(pg_dsn, "SELECT 1 FROM occurrences WHERE finished_ms IS NOT NULL"))
@@ -249,10 +250,11 @@ def test_the_leaders_death_hands_its_duties_over_within_its_lease(
         by_id = {r.tmp_path.name: r for r in replicas}
         assert by_id[leader].events("leader.elected")
         by_id[leader].kill()
-        killed_at = time.time()
+        [(lease_ends,)] = pg_query(pg_dsn, "SELECT extract(epoch FROM lease_until) FROM leaders")
         others = [r for name, r in by_id.items() if name != leader]
-        wait_for(lambda: any(r.events("leader.elected") for r in others), timeout=6)
-        handed_after = time.time() - killed_at
+        wait_for(lambda: any(r.events("leader.elected") for r in others), timeout=8)
+        [elected] = [e for r in others for e in r.events("leader.elected")]
+        handed_late = datetime.fromisoformat(elected["timestamp"]).timestamp() - float(lease_ends)
         [(holder, term)] = pg_query(pg_dsn, "SELECT holder, term FROM leaders")
         wait_for(lambda: _cluster(others[0], pg_dsn)[leader]["state"] == "lost", timeout=3)
         cluster = _cluster(others[0], pg_dsn)  # what an operator sees, read from the database
@@ -263,7 +265,9 @@ def test_the_leaders_death_hands_its_duties_over_within_its_lease(
     assert {name: (r["state"], r["leader"]) for name, r in cluster.items()} == {
         name: ("lost", False) if name == leader else ("alive", name == holder) for name in by_id
     }
-    assert handed_after < 3.5, handed_after  # the lease is 3 s; log polling adds a little
+    # Taken when the dead leader's lease ran out (renewed at most 1 s before the kill):
+    # the others look again 50 ms after the expiry they read; 1 s of slack for a busy CI.
+    assert handed_late < 1.0, handed_late
 
 
 def _cluster(replica: DaemonProcess, dsn: str) -> dict[str, dict[str, Any]]:
