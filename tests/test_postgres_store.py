@@ -510,3 +510,34 @@ async def test_a_halted_occurrence_of_a_dead_replica_is_cancelled_not_run_again(
         pg_dsn, "SELECT owner, reason FROM occurrences WHERE scheduled_ms = %s", T0
     )
     assert owner == "b" and "replaced" in reason
+
+
+async def test_a_held_attempt_update_is_written_soon_even_when_nothing_follows(
+    pg_dsn: str,
+) -> None:
+    store = await replica(pg_dsn, "a")
+    try:
+        occ = occurrence(T0)
+        store.plan(occ, record())
+        assert await store.claimed(occ)
+        occ.state, occ.attempts, occ.started_ms = "running", 1, T0 + 1
+        store.update_occurrence(occ)  # held a tick for its outcome, which does not come
+        attempt = "SELECT state, attempts FROM occurrences"
+        await asyncio.wait_for(_until(lambda: rows(pg_dsn, attempt) == [("running", 1)]), 2)
+    finally:
+        await store.aclose()
+
+
+async def test_a_clean_stop_writes_held_attempt_updates_before_handing_back(
+    pg_dsn: str,
+) -> None:
+    """An attempted occurrence must not go back as never attempted: any replica would
+    run it at once instead of taking it over after its lease."""
+    store = await replica(pg_dsn, "a")
+    occ = occurrence(T0)
+    store.plan(occ, record())
+    assert await store.claimed(occ)
+    occ.state, occ.attempts, occ.started_ms = "running", 1, T0 + 1
+    store.update_occurrence(occ)
+    await store.aclose()  # at once: the update is still held
+    assert rows(pg_dsn, "SELECT state, attempts, owner FROM occurrences") == [("running", 1, "a")]

@@ -101,6 +101,8 @@ class PostgresStore(_Claims):
         self._skips: dict[tuple[str, int], str] = {}
         self._news = asyncio.Event()
         self._halts_told = False
+        self._held = {}
+        self._hold_timer = False
         self._elect_told = False
         self._lead_until = 0.0
         self._leader_wait = lease_s / 3
@@ -140,7 +142,7 @@ class PostgresStore(_Claims):
         Occurrences never attempted go back unowned (any replica claims them at once);
         the others get an expired lease (the next replica's keeper takes them over)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), flush_s)
+            await asyncio.wait_for(self._flushed(), flush_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -157,6 +159,13 @@ class PostgresStore(_Claims):
         if self._abandoned:  # calls given up on: psycopg ends them within ~10 s
             await asyncio.wait(set(self._abandoned), timeout=11)
         self.close()
+
+    async def _flushed(self) -> None:
+        """Everything queued is written, attempt updates held for a tick included."""
+        await self._queue.join()
+        while self._held:
+            self._poke()
+            await self._queue.join()
 
     # ---- Store: the scheduler's synchronous calls ----------------------------------------
 

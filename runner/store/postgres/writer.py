@@ -42,6 +42,7 @@ MAX_TICK = 5000  # writes taken from the queue per tick
 PLAN_CHUNK = 250  # plans per statement
 RETRY_RESOLVE_S = 0.1  # verdicts still open because another replica was claiming them
 SPILL_S = 0.1  # how long the replica that planned an occurrence has it to itself
+HOLD_S = 0.05  # an attempt's update waits at most this long for its outcome (one tick)
 
 Key = tuple[str, int]
 _STATUS, _NEXT = _JOB_COLUMNS.index("status"), _JOB_COLUMNS.index("next_fire_ms")
@@ -95,6 +96,8 @@ class _Writer(_Connections):
     _rows: asyncio.Lock  # our leased rows: the keeper's renewal never interleaves with writes
     _known: tuple[set[str], str]  # the job names last passed to DRAIN, and joined
     _skips: dict[Key, str]  # recorded skipped here (forbid) instead of claimed: why
+    _held: dict[Key, tuple[Any, ...]]  # attempt updates held for one tick
+    _hold_timer: bool
 
     async def _write_forever(self) -> None:
         while True:
@@ -128,8 +131,9 @@ class _Writer(_Connections):
             await self._land(self._plan, chunk, self._refuse)
             if first == 0 and len(plans) > PLAN_CHUNK:
                 await self._claim_room()
-        if tick.updates:
-            await self._land(self._update, list(tick.updates.values()), rows_lock=True)
+        updates = self._hold_updates(tick)
+        if updates:
+            await self._land(self._update, updates, rows_lock=True)
         if tick.finishes:
             finishes = list(tick.finishes.values())
             await self._land(self._finish, finishes, self._unhold, rows_lock=True)
@@ -137,6 +141,28 @@ class _Writer(_Connections):
         if tick.jobs:  # last: the runs claimed above need not wait for them
             await self._land(self._save_jobs, [tick.jobs[name] for name in sorted(tick.jobs)])
         await self._resolve_rest()
+
+    def _hold_updates(self, tick: _Tick) -> list[tuple[Any, ...]]:
+        """This tick's attempt updates wait for the next tick, and those of the last tick
+        are written now, unless a later write about the same occurrence came meanwhile.
+
+        No run waits for an attempt's update (`written` is None here), and most short
+        calls finish within a tick or two: their final state then says it all, and the
+        "running" row version is never written (measured: writing no attempt update at
+        all took the database's CPU in a 2,000-occurrence burst from 0.88 to 0.70 s).
+        Held ones are written within `HOLD_S` even when nothing else comes."""
+        due, self._held = self._held, dict(tick.updates)
+        for key in tick.updates.keys() | tick.finishes.keys():
+            due.pop(key, None)
+        if self._held and not self._hold_timer:
+            self._hold_timer = True
+            asyncio.get_running_loop().call_later(HOLD_S, self._release_held)
+        return list(due.values())
+
+    def _release_held(self) -> None:
+        self._hold_timer = False
+        if self._held:
+            self._poke()
 
     def _poke(self) -> None:
         """Wake the writer for a claim even though nothing was queued."""
