@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,10 @@ class SqliteStore:
         self.failure: str | None = None  # why state writes fail now (None: they succeed)
         self._failed_at = self._last_failure = 0.0
         self._tick_plans: list[tuple[str, int]] = []  # planned in the open tick transaction
+        # Attempts marked running in the open transaction, written at its commit unless a
+        # later write of the same occurrence (its outcome, a retry) came first: see
+        # `update_occurrence`.
+        self._running: dict[tuple[str, int], Occurrence] = {}
         self._unsaved: set[tuple[str, int]] = set()  # planned, but their write was lost
         self._chain = 0  # which transaction the pending pass countdown belongs to
         self._commit_soon = False  # a commit is queued for this loop pass
@@ -258,6 +262,7 @@ class SqliteStore:
             self.db.execute(_SAVE_JOB, _job_row(record))
 
     def _save_occ(self, occurrence: Occurrence) -> None:
+        self._running.pop((occurrence.job, occurrence.scheduled_ms), None)
         if self.db.execute(_UPDATE_OCC, _update_occ_row(occurrence)).rowcount == 0:
             self.db.execute(_SAVE_OCC, _occ_row(occurrence))
 
@@ -324,8 +329,20 @@ class SqliteStore:
             self._write_now(_SAVE_OCC, _occ_row(occurrence))  # raises StateError
             self._unsaved.discard(key)
             return
+        if occurrence.state == "running" and self._tick_tx():
+            # Held until the transaction commits, which makes no difference to what a
+            # crash keeps: a short call's outcome comes first and replaces it, so the
+            # occurrence is written three times instead of four (issue 12, item 2).
+            self._running[key] = replace(occurrence)
+            return
         with self._guard():
             self._tick_tx()
+            self._save_occ(occurrence)
+
+    def _write_running(self) -> None:
+        """The attempts still marked running in the open transaction, just before its commit."""
+        held, self._running = self._running, {}
+        for occurrence in held.values():
             self._save_occ(occurrence)
 
     def finish(self, occurrence: Occurrence, record: JobRecord) -> None:
@@ -496,6 +513,7 @@ class SqliteStore:
             self._wake()
             return
         try:
+            self._write_running()
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._write_failed(exc)
@@ -576,6 +594,7 @@ class SqliteStore:
                 self.db.execute("ROLLBACK")
         self._generation += 1
         self._savepoints = 0
+        self._running.clear()  # rolled back with the rest of the transaction
         self._unsaved.update(self._tick_plans)
         self._tick_plans.clear()
         self._wake()  # their writes are lost and the failure recorded: nothing to wait for
