@@ -329,14 +329,13 @@ class SqliteStore:
             self._write_now(_SAVE_OCC, _occ_row(occurrence))  # raises StateError
             self._unsaved.discard(key)
             return
-        if occurrence.state == "running" and self._tick_tx():
-            # Held until the transaction commits, which makes no difference to what a
-            # crash keeps: a short call's outcome comes first and replaces it, so the
-            # occurrence is written three times instead of four (issue 12, item 2).
-            self._running[key] = replace(occurrence)
-            return
         with self._guard():
-            self._tick_tx()
+            if self._tick_tx() and occurrence.state == "running":
+                # Held until the transaction commits, which makes no difference to what a
+                # crash keeps: a short call's outcome comes first and replaces it, so the
+                # occurrence is written three times instead of four (issue 12, item 2).
+                self._running[key] = replace(occurrence)
+                return
             self._save_occ(occurrence)
 
     def _write_running(self) -> None:
