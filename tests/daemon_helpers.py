@@ -18,6 +18,7 @@ import httpx
 from tests.emulator_fixture import RunningEmulator
 
 WAIT_S = 10.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = WAIT_S, every: float = 0.02) -> Any:
@@ -130,6 +131,20 @@ class DaemonProcess:
             return db.execute(sql, params).fetchall()
         finally:
             db.close()
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI, with `env` added to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def ctl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,24 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import DaemonProcess, wait_for
+from tests.daemon_helpers import DaemonProcess, cli, wait_for
 from tests.emulator_fixture import RunningEmulator
 
-ROOT = Path(__file__).resolve().parent.parent
 JOB = "kind: quota\ntag: q\nschedule: {cron: '0 0 1 1 *'}\n"
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.mark.parametrize("n", ["0", "-3"])

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests import daemon_helpers
 from tests.daemon_helpers import DaemonProcess, wait_for
 from tests.emulator_fixture import RunningEmulator
 
@@ -36,15 +35,7 @@ CONTROL = ("status", "history", "trigger", "pause", "resume")
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "100"}
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=env,
-    )
+    return daemon_helpers.cli(*args, env={"COLUMNS": "100"}, cwd=cwd)
 
 
 def entries_without_help(help_text: str) -> list[str]:

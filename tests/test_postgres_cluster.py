@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import datetime
@@ -17,7 +15,7 @@ import psycopg
 import pytest
 
 from tests import pg_helpers
-from tests.daemon_helpers import DaemonProcess, control_request, ctl, wait_for
+from tests.daemon_helpers import DaemonProcess, cli, control_request, ctl, wait_for
 from tests.emulator_fixture import RunningEmulator
 
 # The fixtures, by name (a function argument shadowing an import would read as a mistake).
@@ -272,7 +270,6 @@ def test_the_leaders_death_hands_its_duties_over_within_its_lease(
 
 def _cluster(replica: DaemonProcess, dsn: str) -> dict[str, dict[str, Any]]:
     """The replicas, as `status --state DSN --json` prints them."""
-    command = [sys.executable, "-m", "runner", "status", "--state", dsn, "--json"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=30, env=replica.env)
+    proc = cli("status", "--state", dsn, "--json", env=replica.env)
     assert proc.returncode == 0, proc.stderr
     return {r["replica_id"]: r for r in json.loads(proc.stdout)["replicas"]}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -22,24 +21,14 @@ from runner.store.postgres import MIGRATIONS, PostgresStore
 from runner.store.postgres.readonly import Cluster, Owned, ReplicaRow
 from runner.timing.clock import SystemClock
 from tests import pg_helpers
+from tests.daemon_helpers import cli
 from tests.test_postgres_store import T0, FakeReplica, flush, occurrence, replica
 
 # The fixtures, by name (a function argument shadowing an import would read as a mistake).
 pg_database, pg_dsn = pg_helpers.pg_database, pg_helpers.pg_dsn
 
-ROOT = Path(__file__).resolve().parent.parent
 NEXT_MS = T0 + 3_600_000
 SECRET_DSN = "postgresql://u:s3cret@127.0.0.1:1/x"  # nothing listens on port 1
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
 
 
 async def cli_async(*args: str) -> subprocess.CompletedProcess[str]:
