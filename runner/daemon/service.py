@@ -38,7 +38,7 @@ from runner.jobs.secrets import SecretPolicy, SecretRegistry
 from runner.settings import Settings, control_socket_path, control_token_path
 from runner.store import LastGoodFiles, Occurrence, Store
 from runner.store.postgres import PostgresStore, StoreUnavailable, display_dsn, is_dsn
-from runner.store.sqlite import SqliteStore
+from runner.store.sqlite import COMMIT_WINDOW_S, SqliteStore
 from runner.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("runner.daemon")
@@ -203,7 +203,7 @@ class Daemon(Shutdown, DuctapeAccess):
         """SQLite by default; a postgresql:// DSN shares the state between replicas."""
         s = self.settings
         if not is_dsn(s.state):
-            store = SqliteStore(s.state, reset=self.reset_state)
+            store = SqliteStore(s.state, reset=self.reset_state, commit_window_s=COMMIT_WINDOW_S)
             store.checkpoint_in_background()  # no checkpoint in a commit at a fire instant
             return store
         return PostgresStore(

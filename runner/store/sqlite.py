@@ -22,11 +22,14 @@ from runner.store import JobRecord, Occurrence, StateError, statefile
 log = structlog.get_logger("runner.store")
 
 # Group commit (issue 12, item 2): a transaction that holds only writes which can wait
-# (attempt states, outcomes, job counters) commits COMMIT_PASSES event-loop passes after it
-# opened, so a burst's outcomes share commits; one that holds a planned occurrence commits
-# in the same pass, before its call. Passes, not seconds: the loop's own rhythm, the same
-# under a test's fake clock. Each commit costs about 100 us of CPU (WAL frames).
-COMMIT_PASSES = 8
+# (attempt states, outcomes, job counters) commits COMMIT_WINDOW_S after it opened, on the
+# loop's own monotonic clock (a test's fake clock does not move it), so the outcomes of a
+# burst share commits, and so do an attempt's start and outcome and the next occurrence's
+# plan when occurrences come a few milliseconds apart. One that holds a planned occurrence
+# commits in the same loop pass, before its call. Each commit costs about 100 us of CPU
+# (WAL frames); the window used to be counted in loop passes, which at a steady rate cost
+# a dozen idle passes an occurrence and committed three times where once will do.
+COMMIT_WINDOW_S = 0.01
 # Runs waiting for their outcome to be on disk (`written`) that make a commit come sooner.
 COMMIT_MAX_WAITING = 256
 # The daemon's checkpoints (issue 12, item 2): SQLite's automatic one runs inside the
@@ -147,8 +150,14 @@ class SqliteStore:
     """State in one SQLite file. WAL + synchronous=NORMAL survives a process crash
     (SIGKILL) without losing a committed transaction; only power loss can."""
 
-    def __init__(self, path: str | Path, *, reset: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, reset: bool = False, commit_window_s: float = 0.0
+    ) -> None:
+        """`commit_window_s`: how long writes that can wait are held for a shared commit
+        (the daemon: COMMIT_WINDOW_S); 0 commits them on the next loop pass (the CLI, and
+        tests on a fake clock, whose loop time does not move with their clock)."""
         self.path = str(path)
+        self.commit_window_s = commit_window_s
         self.lost: str | None = None  # the file was deleted or replaced under us
         self._identity: tuple[int, int] | None = None
         if self.path != ":memory:":
@@ -169,7 +178,7 @@ class SqliteStore:
         # `update_occurrence`.
         self._running: dict[tuple[str, int], Occurrence] = {}
         self._unsaved: set[tuple[str, int]] = set()  # planned, but their write was lost
-        self._chain = 0  # which transaction the pending pass countdown belongs to
+        self._window: asyncio.TimerHandle | None = None  # the open transaction's commit
         self._commit_soon = False  # a commit is queued for this loop pass
         self._waiters: list[asyncio.Future[None]] = []  # see `written`
         self._checkpointer: _Checkpointer | None = None  # see checkpoint_in_background
@@ -349,13 +358,21 @@ class SqliteStore:
             self._save_occ(occurrence)
             self._save_job(record)
 
+    def _read_own_writes(self) -> None:
+        """Attempts held as running are written before a read, which must see them."""
+        if self._running:
+            with self._guard():
+                self._write_running()
+
     def get_occurrence(self, job: str, scheduled_ms: int) -> Occurrence | None:
+        self._read_own_writes()
         row = self.db.execute(
             f"{_SELECT_OCC} WHERE job = ? AND scheduled_ms = ?", (job, scheduled_ms)
         ).fetchone()
         return Occurrence(*row) if row else None
 
     def open_occurrences(self) -> list[Occurrence]:
+        self._read_own_writes()
         rows = self.db.execute(
             f"{_SELECT_OCC} WHERE state IN ('planned', 'running') ORDER BY scheduled_ms"
         ).fetchall()
@@ -365,6 +382,7 @@ class SqliteStore:
         return self.history(job, limit)  # a local file: answers in microseconds
 
     def history(self, job: str, limit: int = 50) -> list[Occurrence]:
+        self._read_own_writes()
         rows = self.db.execute(
             f"{_SELECT_OCC} WHERE job = ? ORDER BY scheduled_ms DESC LIMIT ?", (job, limit)
         ).fetchall()
@@ -472,13 +490,13 @@ class SqliteStore:
     def _tick_tx(self) -> bool:
         """Join, or open, the open transaction; False outside a loop.
 
-        Writes share one transaction, committed COMMIT_PASSES loop passes after it
-        opened, or in the same pass once it holds a planned occurrence (`plan` queues
-        that commit with call_soon). A run task created after a plan is queued after
-        that commit, so an occurrence is on disk before the task that calls Ductape for
-        it takes its first step (conventions: written before the call). A crash can lose
-        the writes of the last few passes: outcomes whose runs still hold their slot
-        (`written`), and attempt states (the occurrence then resumes, same key).
+        Writes share one transaction, committed `commit_window_s` after it opened, or in
+        the same pass once it holds a planned occurrence (`plan` queues that commit with
+        call_soon). A run task created after a plan is queued after that commit, so an
+        occurrence is on disk before the task that calls Ductape for it takes its first
+        step (conventions: written before the call). A crash can lose the writes of the
+        last window: outcomes whose runs still hold their slot (`written`), and attempt
+        states (the occurrence then resumes, same key).
         """
         if self.db.in_transaction:
             return True
@@ -487,19 +505,13 @@ class SqliteStore:
         except RuntimeError:
             return False
         self.db.execute("BEGIN")
-        self._chain += 1
         self._commit_soon = False
-        loop.call_soon(self._count_down, self._chain, COMMIT_PASSES)
+        self._window = loop.call_later(self.commit_window_s, self._window_ends)
         return True
 
-    def _count_down(self, chain: int, passes: int) -> None:
-        """One loop pass of the open transaction's window; commits after the last."""
-        if chain != self._chain or not self.db.in_transaction:
-            return  # committed (or rolled back) already
-        if passes <= 1:
-            self.commit()
-        else:
-            asyncio.get_running_loop().call_soon(self._count_down, chain, passes - 1)
+    def _window_ends(self) -> None:
+        self._window = None
+        self.commit()
 
     def commit(self) -> None:
         """Commit the pending tick transaction, if any (a no-op once closed).
@@ -508,6 +520,9 @@ class SqliteStore:
         unsaved, so their runs write them first or call nothing (update_occurrence).
         """
         self._commit_soon = False
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
         if self._closed or not self.db.in_transaction:
             self._wake()
             return
@@ -588,6 +603,9 @@ class SqliteStore:
 
     def _write_failed(self, exc: sqlite3.Error) -> None:
         """Roll the tick's transaction back (SQLite may have already) and go unhealthy."""
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
         if self.db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
