@@ -434,7 +434,9 @@ class Scheduler(ClockSteps, Dispatch):
         deadline = self.next_deadline_ms()
         if deadline is None:
             return self.max_sleep_s
-        return min(max((deadline - to_ms(now)) / 1000, 0.0), self.max_sleep_s)
+        # From the exact time, not the millisecond `to_ms` truncates to: that slept up to
+        # 1 ms past every deadline (0.5 ms of the median lateness, issue 12).
+        return min(max(deadline / 1000 - now.timestamp(), 0.0), self.max_sleep_s)
 
     def stop(self) -> None:
         self.stopping = True
