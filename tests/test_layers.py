@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,22 @@ def test_every_package_says_what_it_owns_and_may_import() -> None:
     for package in (p for p in RUNNER.iterdir() if (p / "__init__.py").exists()):
         doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
         assert doc and "import" in doc, f"{package.name}/__init__.py must say what it may import"
+
+
+def test_a_daemon_on_sqlite_does_not_load_the_postgresql_driver(tmp_path: Path) -> None:
+    # psycopg is about 20 MiB of a daemon's resident memory (issue 12): it is loaded
+    # when the state is a PostgreSQL DSN, and only then.
+    code = (
+        "import sys\n"
+        "import runner.cli.main, runner.daemon.service, runner.store.postgres as pg\n"
+        "from runner.store.sqlite import SqliteStore\n"
+        f"SqliteStore({str(tmp_path / 's.sqlite3')!r}).close()\n"
+        "assert pg.is_dsn('postgresql://x') and pg.display_dsn\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'psycopg'))\n"
+        "pg.PostgresStore\n"
+        "print('psycopg' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=RUNNER.parent
+    ).stdout.split("\n")
+    assert out[:2] == ["[]", "True"]

@@ -12,7 +12,7 @@ import gc
 import resource
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import SecretStr
@@ -37,9 +37,12 @@ from runner.jobs.model import Job
 from runner.jobs.secrets import SecretPolicy, SecretRegistry
 from runner.settings import Settings, control_socket_path, control_token_path
 from runner.store import LastGoodFiles, Occurrence, Store
-from runner.store.postgres import PostgresStore, StoreUnavailable, display_dsn, is_dsn
+from runner.store.postgres import StoreUnavailable, display_dsn, is_dsn
 from runner.store.sqlite import COMMIT_WINDOW_S, SqliteStore
 from runner.timing.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from runner.store.postgres import PostgresStore
 
 log = structlog.get_logger("runner.daemon")
 
@@ -97,7 +100,7 @@ class Daemon(Shutdown, DuctapeAccess):
         self._install_signals()
         emulator = await self._start_emulator() if self.emulator else None
         self.store = self._open_store()
-        shared = self.store if isinstance(self.store, PostgresStore) else None
+        shared = _shared(self.store)
         self.client = DuctapeClient(
             self._credentials(), max_connections=self.settings.max_connections
         )
@@ -193,8 +196,8 @@ class Daemon(Shutdown, DuctapeAccess):
         finally:
             gc.enable()  # a start that failed before it was enabled again
             await self.client.aclose()
-            if isinstance(self.store, PostgresStore):
-                await self.store.aclose()
+            if (pg := _shared(self.store)) is not None:
+                await pg.aclose()
             self.store.close()
             if emulator is not None:
                 emulator.should_exit = True
@@ -206,6 +209,8 @@ class Daemon(Shutdown, DuctapeAccess):
             store = SqliteStore(s.state, reset=self.reset_state, commit_window_s=COMMIT_WINDOW_S)
             store.checkpoint_in_background()  # no checkpoint in a commit at a fire instant
             return store
+        from runner.store.postgres import PostgresStore  # and the driver, only now
+
         return PostgresStore(
             s.state,
             self.clock,
@@ -496,3 +501,12 @@ def raise_open_files_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):  # a kernel cap below it: keep soft
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _shared(store: Store) -> PostgresStore | None:
+    """The PostgreSQL store, if this is one (told without loading the driver for SQLite)."""
+    if isinstance(store, SqliteStore):
+        return None
+    from runner.store.postgres import PostgresStore
+
+    return store if isinstance(store, PostgresStore) else None

@@ -16,8 +16,9 @@ import structlog
 from runner import __version__
 from runner.store import OPEN_STATES, Occurrence, Replica, SharedJob
 from runner.store.postgres.batch_sql import CHANNEL, REPLACED_REASON
-from runner.store.postgres.connection import Lease, StoreUnavailable
+from runner.store.postgres.connection import Lease
 from runner.store.postgres.leader import _Leadership
+from runner.store.postgres.names import StoreUnavailable
 from runner.store.postgres.schema import _OCC_COLUMNS, _OPEN, _SHARED_COLUMNS
 from runner.store.postgres.writer import SPILL_S
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,31 +11,16 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg.abc import Buffer
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg.types.string import StrDumperUnknown
 
-from runner.errors import RunnerError
 from runner.store import Replica
+from runner.store.postgres.names import StoreRejected, StoreUnavailable, display_dsn
 from runner.timing.clock import Clock
 
 log = structlog.get_logger("runner.store")
 
-SCHEMES = ("postgresql://", "postgres://")
 READ_TIMEOUT_S = 2.0
-
-
-class StoreUnavailable(RunnerError):
-    """The PostgreSQL state database does not answer (in time)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"state database unavailable: {reason}")
-
-
-class StoreRejected(StoreUnavailable):
-    """PostgreSQL refused a statement that would fail the same way again (bad data, a
-    constraint): the database is there, so the writer drops the write instead of
-    retrying it forever; other callers see it as a failed call, not an outage."""
 
 
 # Errors of the statement itself; connection problems are OperationalError/InterfaceError.
@@ -55,30 +37,6 @@ class _NulSafeStr(StrDumperUnknown):
 
     def dump(self, obj: str) -> Buffer | None:
         return super().dump(obj.replace("\x00", "\ufffd"))
-
-
-def is_dsn(state: str) -> bool:
-    return state.startswith(SCHEMES)
-
-
-def display_dsn(dsn: str) -> str:
-    """The DSN without its password, for logs and status.
-
-    One libpq cannot parse keeps its scheme, user and host part, and loses the rest:
-    parsing it again would raise an error that quotes it, password and all.
-    """
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        userinfo, at, where = dsn.partition("://")[2].rpartition("@")
-        return f"postgresql://{userinfo.partition(':')[0]}{at}{where.partition('?')[0]}"
-    params.pop("password", None)
-    host, db = params.get("host", "localhost"), params.get("dbname", "")
-    return f"postgresql://{params.get('user', '')}@{host}:{params.get('port', 5432)}/{db}"
-
-
-def default_replica_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass

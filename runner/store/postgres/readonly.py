@@ -14,7 +14,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from runner.store import JobRecord, Occurrence
-from runner.store.postgres.connection import StoreUnavailable, display_dsn
+from runner.store.postgres.names import StoreUnavailable, display_dsn
 from runner.store.postgres.schema import _JOB_COLUMNS, _OCC_COLUMNS, _OPEN
 
 ReplicaState = Literal["alive", "stopped", "lost"]

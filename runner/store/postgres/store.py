@@ -14,7 +14,8 @@ import structlog
 from runner.store import OPEN_STATES, JobRecord, Occurrence, Replica
 from runner.store.postgres.batch_sql import CHANNEL, HAND_BACK
 from runner.store.postgres.claims import HEARTBEAT, _Claims
-from runner.store.postgres.connection import Lease, _Write, default_replica_id, display_dsn
+from runner.store.postgres.connection import Lease, _Write
+from runner.store.postgres.names import default_replica_id, display_dsn
 from runner.store.postgres.schema import (
     _JOB_COLUMNS,
     _OPEN,

@@ -26,14 +26,8 @@ import structlog
 
 from runner.store import Occurrence, SharedJob
 from runner.store.postgres import batch_sql as sql
-from runner.store.postgres.connection import (
-    Lease,
-    StoreRejected,
-    StoreUnavailable,
-    _Connections,
-    _Write,
-    display_dsn,
-)
+from runner.store.postgres.connection import Lease, _Connections, _Write
+from runner.store.postgres.names import StoreRejected, StoreUnavailable, display_dsn
 from runner.store.postgres.schema import _JOB_COLUMNS
 
 log = structlog.get_logger("runner.store")
