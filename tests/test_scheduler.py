@@ -377,3 +377,49 @@ async def test_the_loop_sleeps_to_the_exact_deadline_not_the_truncated_milliseco
     slept = h.scheduler._sleep_for(clock.now())
     assert slept == pytest.approx(5 - offset_us / 1e6, abs=1e-6)
     await h.stop()
+
+
+ONCE_AT_5S = "name: once\nkind: quota\ntag: t\nschedule: {start_at: '2026-03-01T00:00:05Z'}\n"
+
+
+async def test_the_daemon_loop_wakes_early_and_lands_on_the_instant(tmp_path: Path) -> None:
+    # The loop's timers count whole milliseconds: the daemon's scheduler asks to wake
+    # EARLY_S before a deadline and holds the thread for the rest (FakeClock.land moves
+    # the fake clock by exactly what a real blocking wait would take).
+    from runner.daemon.scheduler import EARLY_S, LANDING_S
+
+    clock = FakeClock(T0 + timedelta(microseconds=400))
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex, landing_s=LANDING_S).start(
+        jobs_from(tmp_path, ONCE_AT_5S)
+    )
+    assert h.scheduler._sleep_for(clock.now()) == pytest.approx(5 - 0.0004 - EARLY_S, abs=1e-6)
+    await clock.advance(5 - 0.0004 - EARLY_S)  # the early wake-up
+    assert [c.at for c in ex.calls] == [T0 + timedelta(seconds=5)]  # not a microsecond off
+    await h.stop()
+
+
+@pytest.mark.parametrize("left_s", [0.010, 0.0016, 0.0])
+async def test_landing_waits_only_for_a_deadline_under_the_landing_time(
+    tmp_path: Path, left_s: float
+) -> None:
+    from runner.daemon.scheduler import LANDING_S
+
+    clock = FakeClock(T0 + timedelta(seconds=5) - timedelta(seconds=left_s))
+    h = Harness(tmp_path, clock, FakeExecutor(clock), landing_s=LANDING_S)
+    h.scheduler.start(jobs_from(tmp_path, ONCE_AT_5S))
+    assert h.scheduler.next_deadline_ms() == to_ms(T0 + timedelta(seconds=5))
+    before = clock.now()
+    assert h.scheduler._land(before) == before  # too far ahead, or due now: no hold
+    assert clock.now() == before
+    h.store.close()
+
+
+async def test_landing_holds_for_what_is_left_of_a_close_deadline(tmp_path: Path) -> None:
+    from runner.daemon.scheduler import LANDING_S
+
+    clock = FakeClock(T0 + timedelta(seconds=5) - timedelta(microseconds=1_200))
+    h = Harness(tmp_path, clock, FakeExecutor(clock), landing_s=LANDING_S)
+    h.scheduler.start(jobs_from(tmp_path, ONCE_AT_5S))
+    assert h.scheduler._land(clock.now()) == T0 + timedelta(seconds=5)
+    h.store.close()

@@ -56,6 +56,14 @@ __all__ = ["Entry", "Executor", "HaltReason", "RunControl", "Scheduler", "from_m
 
 log = structlog.get_logger("runner.scheduler")
 
+# The event loop's timers count whole milliseconds (uvloop's libuv truncates its clock to
+# the millisecond; asyncio rounds its poll timeout up to one), so a timer set for an
+# instant fires up to about a millisecond after it (0.4 ms at the median, measured). The
+# daemon's loop (`landing_s`) asks to wake EARLY_S before a deadline and then holds the
+# thread for what is left, at most LANDING_S (issue 12, item 3: fire precision).
+EARLY_S = 0.001
+LANDING_S = 0.0015
+
 
 class Scheduler(ClockSteps, Dispatch):
     """Owns the schedule: which occurrence fires when, and what happens to it."""
@@ -71,8 +79,12 @@ class Scheduler(ClockSteps, Dispatch):
         on_tick: Callable[[], None] | None = None,
         on_skip: Callable[[Job], None] | None = None,
         claims: Claims | None = None,
+        landing_s: float = 0.0,
     ) -> None:
+        """`landing_s`: 0 sleeps to each deadline on the loop's timers; the daemon's
+        LANDING_S wakes EARLY_S before it and holds the thread for the rest."""
         self.store = store
+        self.landing_s = landing_s
         # Only a backend shared by replicas (PostgreSQL) has claims: None keeps the
         # single-replica path exactly as it was.
         self.claims = claims
@@ -421,12 +433,30 @@ class Scheduler(ClockSteps, Dispatch):
             self.wake.clear()
             now, mono = self.clock.now(), self.clock.monotonic()
             self._check_clock(last_wall, last_mono, now, mono)
+            if self.landing_s:
+                now = self._land(now)
             self.fire_due(now)
             self.heartbeat = mono
             if self.on_tick is not None:
                 self.on_tick()
             last_wall, last_mono = now, mono
             await self.clock.sleep(self._sleep_for(self.clock.now()), self.wake)
+
+    def _land(self, now: datetime) -> datetime:
+        """Woken just before a deadline: wait for it here, not on a millisecond timer.
+
+        The thread is held: nothing else runs on the loop meanwhile. Only a deadline
+        under `landing_s` away is waited for, so the hold stays short; one further
+        away, or past, is left to the loop's timers and to `fire_due`.
+        """
+        deadline = self.next_deadline_ms()
+        if deadline is None:
+            return now
+        left = deadline / 1000 - now.timestamp()
+        if not 0 < left <= self.landing_s:
+            return now
+        self.clock.land(left)
+        return self.clock.now()
 
     def _sleep_for(self, now: datetime) -> float:
         if self.claims is not None and not self.claims.writable():
@@ -436,7 +466,8 @@ class Scheduler(ClockSteps, Dispatch):
             return self.max_sleep_s
         # From the exact time, not the millisecond `to_ms` truncates to: that slept up to
         # 1 ms past every deadline (0.5 ms of the median lateness, issue 12).
-        return min(max(deadline / 1000 - now.timestamp(), 0.0), self.max_sleep_s)
+        early = EARLY_S if self.landing_s else 0.0
+        return min(max(deadline / 1000 - now.timestamp() - early, 0.0), self.max_sleep_s)
 
     def stop(self) -> None:
         self.stopping = True

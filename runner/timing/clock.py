@@ -22,6 +22,10 @@ class Clock(Protocol):
         """Sleep `seconds`, or less if `wake` is set meanwhile."""
         ...
 
+    def land(self, seconds: float) -> None:
+        """Hold the thread `seconds` (under a few milliseconds), for a precise landing."""
+        ...
+
 
 class SystemClock:
     """The real clocks."""
@@ -38,6 +42,9 @@ class SystemClock:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=max(seconds, 0))
+
+    def land(self, seconds: float) -> None:
+        time.sleep(max(seconds, 0))  # the whole loop waits: callers keep it short
 
 
 class FakeClock:
@@ -66,6 +73,11 @@ class FakeClock:
         finally:
             for waiter in waits:
                 waiter.cancel()
+
+    def land(self, seconds: float) -> None:
+        """Both clocks move by `seconds` at once (sleepers due meanwhile wake late, as
+        behind a real blocking wait)."""
+        self._set(self._mono + max(seconds, 0))
 
     async def settle(self) -> None:
         """Let every runnable task run until all are blocked again: 50 loop passes, and
