@@ -423,3 +423,25 @@ async def test_landing_holds_for_what_is_left_of_a_close_deadline(tmp_path: Path
     h.scheduler.start(jobs_from(tmp_path, ONCE_AT_5S))
     assert h.scheduler._land(clock.now()) == T0 + timedelta(seconds=5)
     h.store.close()
+
+
+async def test_a_failing_hold_turns_landing_off_and_the_job_still_fires(tmp_path: Path) -> None:
+    # libfaketime's clock_nanosleep refuses the absolute deadline time.sleep passes
+    # (EINVAL): that once stopped the scheduler.
+    from runner.daemon.scheduler import EARLY_S, LANDING_S
+
+    class RefusingClock(FakeClock):
+        def land(self, seconds: float) -> None:
+            raise OSError(22, "Invalid argument")
+
+    clock = RefusingClock(T0)
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex, landing_s=LANDING_S).start(
+        jobs_from(tmp_path, ONCE_AT_5S)
+    )
+    await clock.advance(5 - EARLY_S)  # woken early: the hold fails
+    assert h.scheduler.landing_s == 0.0
+    assert h.task is not None and not h.task.done()
+    await clock.advance(EARLY_S)
+    assert [c.at for c in ex.calls] == [T0 + timedelta(seconds=5)]
+    await h.stop()
