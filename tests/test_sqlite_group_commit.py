@@ -105,3 +105,59 @@ def test_the_store_reads_its_own_held_attempts(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     store.close()
+
+
+def _fill_then_fail(store: SqliteStore) -> None:
+    """The file may not grow (as on a full disk): a large write fails and rolls the
+    open transaction back, outcomes held in it included."""
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    big = Occurrence("big", AT + 500, "key-big", reason="x" * 200_000, created_ms=AT)
+    store.plan(big, JobRecord("big", "h" * 64, "s" * 64, 1))
+    assert store.failure is not None and "full" in store.failure
+
+
+def _room_again(store: SqliteStore) -> None:
+    store.db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_an_outcome_whose_transaction_rolled_back_is_written_by_the_next_commit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = SqliteStore(path, commit_window_s=3600)
+
+    async def scenario() -> None:
+        occ, record = _planned(store, "a", AT)
+        await asyncio.sleep(0)
+        record.execution_count = 1
+        store.finish(replace(occ, state="succeeded", attempts=1, finished_ms=AT + 5), record)
+        _fill_then_fail(store)
+        await asyncio.sleep(0)
+        assert _on_disk(path) == {("a", AT): "planned"}  # the outcome went with the rollback
+        _room_again(store)
+        _planned(store, "c", AT + 2000)
+        await asyncio.sleep(0)
+        assert _on_disk(path) == {("a", AT): "succeeded", ("c", AT + 2000): "planned"}
+        with sqlite3.connect(path) as db:
+            count = db.execute("SELECT execution_count FROM jobs WHERE name = 'a'").fetchone()
+        assert count == (1,)  # the job's counters too
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_outcomes_lost_to_a_rollback_are_written_at_close(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = SqliteStore(path, commit_window_s=3600)
+
+    async def scenario() -> None:
+        occ, record = _planned(store, "a", AT)
+        await asyncio.sleep(0)
+        store.finish(replace(occ, state="failed", attempts=1, finished_ms=AT + 5), record)
+        _fill_then_fail(store)
+        _room_again(store)
+
+    asyncio.run(scenario())
+    store.close()
+    assert _on_disk(path) == {("a", AT): "failed"}

@@ -178,6 +178,14 @@ class SqliteStore:
         # `update_occurrence`.
         self._running: dict[tuple[str, int], Occurrence] = {}
         self._unsaved: set[tuple[str, int]] = set()  # planned, but their write was lost
+        # What the open transaction wrote with _save_occ/_save_job, and what a transaction
+        # that rolled back (a full disk, an I/O error) had written: written again by the
+        # next commit, so an outcome is not lost for the file because its commit failed
+        # (it would run again after a restart, same key).
+        self._in_tx: dict[tuple[str, int], Occurrence] = {}
+        self._in_tx_jobs: dict[str, JobRecord] = {}
+        self._lost: dict[tuple[str, int], Occurrence] = {}
+        self._lost_jobs: dict[str, JobRecord] = {}
         self._window: asyncio.TimerHandle | None = None  # the open transaction's commit
         self._commit_soon = False  # a commit is queued for this loop pass
         self._waiters: list[asyncio.Future[None]] = []  # see `written`
@@ -227,6 +235,9 @@ class SqliteStore:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        if self._lost or self._lost_jobs:
+            with self._guard(), self._tx():
+                self._write_lost()
         self.commit()
         self._closed = True
         self.db.close()
@@ -269,11 +280,29 @@ class SqliteStore:
     def _save_job(self, record: JobRecord) -> None:
         if self.db.execute(_UPDATE_JOB, _update_job_row(record)).rowcount == 0:
             self.db.execute(_SAVE_JOB, _job_row(record))
+        self._lost_jobs.pop(record.name, None)
+        self._in_tx_jobs[record.name] = record
 
     def _save_occ(self, occurrence: Occurrence) -> None:
-        self._running.pop((occurrence.job, occurrence.scheduled_ms), None)
+        key = (occurrence.job, occurrence.scheduled_ms)
+        self._running.pop(key, None)
         if self.db.execute(_UPDATE_OCC, _update_occ_row(occurrence)).rowcount == 0:
             self.db.execute(_SAVE_OCC, _occ_row(occurrence))
+        self._lost.pop(key, None)
+        self._in_tx[key] = occurrence
+
+    def _clear_tx_writes(self) -> None:
+        self._in_tx.clear()
+        self._in_tx_jobs.clear()
+
+    def _write_lost(self) -> None:
+        """Write again what a rolled-back transaction held (outcomes, job counters): the
+        objects are the live ones, so this writes their state as it is now."""
+        lost, lost_jobs = list(self._lost.values()), list(self._lost_jobs.values())
+        for occurrence in lost:
+            self._save_occ(occurrence)
+        for record in lost_jobs:
+            self._save_job(record)
 
     def save_jobs(self, records: list[JobRecord]) -> None:
         with self._guard():
@@ -458,6 +487,7 @@ class SqliteStore:
                 raise
             if self.db.in_transaction:  # else a failed write rolled it back
                 self.db.execute("COMMIT")
+                self._clear_tx_writes()
             return
         name, generation = f"sp{self._savepoints}", self._generation
         self._savepoints += 1
@@ -527,11 +557,13 @@ class SqliteStore:
             self._wake()
             return
         try:
+            self._write_lost()
             self._write_running()
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._write_failed(exc)
             return
+        self._clear_tx_writes()
         self._tick_plans.clear()
         self._wake()
         self._recovered()
@@ -564,6 +596,9 @@ class SqliteStore:
         if self.failure is not None and not self.db.in_transaction:
             with contextlib.suppress(StateError):
                 self._write_now("PRAGMA user_version = " + str(len(MIGRATIONS)), ())
+        if (self._lost or self._lost_jobs) and self.failure is None:
+            with self._guard():
+                self._tick_tx()  # its commit writes them again, even if nothing else comes
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -612,6 +647,9 @@ class SqliteStore:
         self._generation += 1
         self._savepoints = 0
         self._running.clear()  # rolled back with the rest of the transaction
+        self._lost.update(self._in_tx)
+        self._lost_jobs.update(self._in_tx_jobs)
+        self._clear_tx_writes()
         self._unsaved.update(self._tick_plans)
         self._tick_plans.clear()
         self._wake()  # their writes are lost and the failure recorded: nothing to wait for
