@@ -158,6 +158,10 @@ class Daemon(Shutdown, DuctapeAccess):
                 await self._connect(shared, jobs)
             with self.store.batch():
                 self.scheduler.start(jobs, keep=self._kept_at_start())
+            # On disk before `daemon.started` says so (the group commit would hold these
+            # writes up to its window).
+            if (written := self.store.written()) is not None:
+                await written
             if shared is not None:
                 shared.start()
             self.loaded = True
