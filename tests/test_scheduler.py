@@ -365,6 +365,9 @@ async def test_closing_the_store_commits_and_a_late_tick_commit_is_harmless(tmp_
     reopened.close()
 
 
+ONCE_AT_5S = "name: once\nkind: quota\ntag: t\nschedule: {start_at: '2026-03-01T00:00:05Z'}\n"
+
+
 @pytest.mark.parametrize("offset_us", [0, 1, 400, 999])
 async def test_the_loop_sleeps_to_the_exact_deadline_not_the_truncated_millisecond(
     tmp_path: Path, offset_us: int
@@ -372,14 +375,10 @@ async def test_the_loop_sleeps_to_the_exact_deadline_not_the_truncated_milliseco
     # The loop used to count from `now` truncated to its millisecond, which slept up to
     # 1 ms past each deadline.
     clock = FakeClock(T0 + timedelta(microseconds=offset_us))
-    text = "name: once\nkind: quota\ntag: t\nschedule: {start_at: '2026-03-01T00:00:05Z'}\n"
-    h = await Harness(tmp_path, clock, FakeExecutor(clock)).start(jobs_from(tmp_path, text))
+    h = await Harness(tmp_path, clock, FakeExecutor(clock)).start(jobs_from(tmp_path, ONCE_AT_5S))
     slept = h.scheduler._sleep_for(clock.now())
     assert slept == pytest.approx(5 - offset_us / 1e6, abs=1e-6)
     await h.stop()
-
-
-ONCE_AT_5S = "name: once\nkind: quota\ntag: t\nschedule: {start_at: '2026-03-01T00:00:05Z'}\n"
 
 
 async def test_the_daemon_loop_wakes_early_and_lands_on_the_instant(tmp_path: Path) -> None:

@@ -298,6 +298,8 @@ class SqliteStore:
     def _write_lost(self) -> None:
         """Write again what a rolled-back transaction held (outcomes, job counters): the
         objects are the live ones, so this writes their state as it is now."""
+        if not (self._lost or self._lost_jobs):
+            return  # every commit asks: almost always nothing
         lost, lost_jobs = list(self._lost.values()), list(self._lost_jobs.values())
         for occurrence in lost:
             self._save_occ(occurrence)
@@ -543,6 +545,12 @@ class SqliteStore:
         self._window = None
         self.commit()
 
+    def _cancel_window(self) -> None:
+        """The open transaction commits (or rolls back) before its window ends."""
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
+
     def commit(self) -> None:
         """Commit the pending tick transaction, if any (a no-op once closed).
 
@@ -550,9 +558,7 @@ class SqliteStore:
         unsaved, so their runs write them first or call nothing (update_occurrence).
         """
         self._commit_soon = False
-        if self._window is not None:
-            self._window.cancel()
-            self._window = None
+        self._cancel_window()
         if self._closed or not self.db.in_transaction:
             self._wake()
             return
@@ -638,9 +644,7 @@ class SqliteStore:
 
     def _write_failed(self, exc: sqlite3.Error) -> None:
         """Roll the tick's transaction back (SQLite may have already) and go unhealthy."""
-        if self._window is not None:
-            self._window.cancel()
-            self._window = None
+        self._cancel_window()
         if self.db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
