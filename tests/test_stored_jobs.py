@@ -11,6 +11,7 @@ import pytest
 from runner.daemon.folder import FolderReconciler
 from runner.jobs import stored
 from runner.jobs.loader import Defaults, Limits, LoadedJob, load_file
+from runner.jobs.sharing import EMPTY
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "jobs.d"
 
@@ -61,6 +62,24 @@ def test_it_rebuilds_inputs_sessions_and_policies_exactly() -> None:
     result = load_file(Path("jobs.d/varied.yaml"), data=VARIED.encode())
     assert not result.problems, [str(p) for p in result.problems]
     assert_same(rebuilt(result.jobs, result.path), result.jobs)
+
+
+def test_jobs_without_input_or_labels_share_one_read_only_empty_mapping() -> None:
+    # Issue 12, memory per job: two empty dicts a job were 13 MB of 100,000 jobs.
+    result = load_file(Path("jobs.d/varied.yaml"), data=VARIED.encode())
+    a, b, c = (loaded.job for loaded in result.jobs)
+    assert a.input["day"] and a.labels == {"team": "ops"}  # given ones stay their own
+    assert b.input is c.input is b.labels is c.labels is EMPTY
+    assert b.input == {} and b.model_dump()["input"] == {}
+    with pytest.raises(TypeError, match="read-only"):
+        b.input["x"] = 1
+    with pytest.raises(TypeError, match="read-only"):
+        b.labels.update(team="ops")
+    assert EMPTY == {}
+    # The stored form gives back the shared one, not an empty dict a job.
+    again = rebuilt(result.jobs, result.path)
+    assert again[1].job.input is again[2].job.labels is EMPTY
+    assert_same(again, result.jobs)
 
 
 def test_a_damaged_form_is_unreadable() -> None:

@@ -16,10 +16,28 @@ from pydantic import ValidationError
 from runner.jobs.model import Job, Schedule
 
 _SHARED_PARTS = ("schedule", "retry", "catchup", "dst", "session")
+_EMPTY_MAPPINGS = ("input", "labels")
 _SHARED_STRINGS = ("kind", "env", "product", "cache", "concurrency")
 _SHARED_MAX = 100_000  # distinct parts remembered; a long-lived daemon's edits add more
 _shared: dict[Any, Any] = {}
 _schedules: dict[tuple[Any, ...], Schedule] = {}
+
+
+class _Empty(dict[Any, Any]):
+    """The empty `input` or `labels` that every job without one holds (two empty dicts a
+    job were 13 MB of 100,000: issue 12). Read-only, so that no job can change another's."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a job's definition is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    setdefault = update = pop = popitem = clear = _refuse
+
+    def __reduce__(self) -> str:
+        return "EMPTY"  # pickled (runner.jobs.stored) and copied as the one shared instance
+
+
+EMPTY: dict[Any, Any] = _Empty()
 
 
 def compact(job: Job) -> Job:
@@ -40,6 +58,9 @@ def compact(job: Job) -> Job:
                 fields[name] = shared.setdefault(part, part)
             except TypeError:  # a part holding a dict is not hashable
                 pass
+    for name in _EMPTY_MAPPINGS:
+        if fields.get(name) == {}:
+            fields[name] = EMPTY
     for name in _SHARED_STRINGS:
         text = fields.get(name)
         if text.__class__ is str:

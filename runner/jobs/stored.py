@@ -3,11 +3,12 @@
 A restart whose job files did not change rebuilds their jobs from this form instead of
 parsing and validating them again: YAML and validation were two thirds of a 100,000-job
 start (issue 12). The form holds plain values (pickled, but read back by an unpickler
-that builds no class other than dates and times), and the models are rebuilt without
-validation, so a form is trusted only under the key it was written with: a hash of the
-code that parses and validates (`runner.jobs`, `runner.timing`), the versions of the
-libraries it uses, and the limits and defaults. Any other key, or any form this module
-cannot read, means the file is read and validated anew.
+that builds no class other than dates and times, and gives back the shared empty
+mapping), and the models are rebuilt without validation, so a form is trusted only
+under the key it was written with: a hash of the code that parses and validates
+(`runner.jobs`, `runner.timing`), the versions of the libraries it uses, and the limits
+and defaults. Any other key, or any form this module cannot read, means the file is
+read and validated anew.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ _ALLOWED = {
     ("datetime", "timedelta"),
     ("datetime", "timezone"),
     ("zoneinfo", "ZoneInfo._unpickle"),
+    ("runner.jobs.sharing", "EMPTY"),  # the empty `input` and `labels` jobs share
 }
 
 
