@@ -444,3 +444,23 @@ async def test_a_failing_hold_turns_landing_off_and_the_job_still_fires(tmp_path
     await clock.advance(EARLY_S)
     assert [c.at for c in ex.calls] == [T0 + timedelta(seconds=5)]
     await h.stop()
+
+
+def test_runs_in_flight_are_added_and_dropped_without_touching_the_shared_empty_one() -> None:
+    # Issue 12, memory per job: a job with nothing running holds the one shared,
+    # read-only empty mapping; adding a run gives it its own.
+    from runner.daemon.runs import JobRuns, Run, RunControl
+
+    idle, busy = JobRuns(), JobRuns()
+    assert idle.active is busy.active and not idle.active
+    one, two = Run(1, RunControl()), Run(2, RunControl())
+    busy.add(one)
+    busy.add(two)
+    assert dict(busy.active) == {1: one, 2: two} and not idle.active
+    with pytest.raises(TypeError):
+        idle.active[3] = one  # type: ignore[index]
+    busy.drop(1)
+    busy.drop(1)  # twice: no error
+    assert dict(busy.active) == {2: two}
+    busy.drop(2)
+    assert busy.active is idle.active

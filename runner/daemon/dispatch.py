@@ -183,7 +183,7 @@ class Dispatch:
         name, runs = entry.job.name, entry.runs
         run = Run(next(self._run_ids), RunControl(held=runs.held))
         run.add(items)
-        runs.active[run.key] = run
+        runs.add(run)
         run.task = asyncio.create_task(self._execute(runs, run), name=f"run:{name}")
         run.task.add_done_callback(lambda task: self._settle(name, runs, run, task))
         return run
@@ -212,7 +212,7 @@ class Dispatch:
                 run.queue.popleft()
                 run.busy = False
                 if not run.queue:
-                    runs.active.pop(run.key, None)  # done: the job's status no longer counts it
+                    runs.drop(run.key)  # done: the job's status no longer counts it
                 self._finished(runs, run, item)
                 # The slot is free once the outcome is on disk (group commit): a crash
                 # calls again at most the occurrences that hold a slot, same key.
@@ -263,7 +263,7 @@ class Dispatch:
 
     def _settle(self, name: str, runs: JobRuns, run: Run, task: asyncio.Task[None]) -> None:
         """The run's task is done (finished, cancelled, or crashed): settle what it left."""
-        runs.active.pop(run.key, None)
+        runs.drop(run.key)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("run.crashed", job=name, error=f"{type(exc).__name__}: {exc}")

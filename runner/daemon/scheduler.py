@@ -96,12 +96,14 @@ class Scheduler(ClockSteps, Dispatch):
         self.entries: dict[str, Entry] = {}
         self.records: dict[str, JobRecord] = {}
         self.runs: dict[str, JobRuns] = {}  # by job name: outlives edits and removals
-        self.heap: list[tuple[int, int, str, int, int]] = []
+        # (fire at, version, job name, scheduled at): the version is unique and increasing,
+        # so it also orders items due at the same millisecond by when they were planned
+        # (no separate sequence number: one int fewer a job, issue 12 memory per job).
+        self.heap: list[tuple[int, int, str, int]] = []
         self.slots = asyncio.Semaphore(max_concurrent)
         self.wake = asyncio.Event()
         self.heartbeat = clock.monotonic()
         self.stopping = False
-        self._seq = itertools.count()
         self._versions = itertools.count(1)
         self._run_ids = itertools.count(1)
         if claims is not None:
@@ -131,6 +133,9 @@ class Scheduler(ClockSteps, Dispatch):
             [r for name, r in self.records.items() if stored.get(name) != job_row(r)]
         )
         del stored
+        # Keyed by the names the jobs hold: a key that is already in a dict stays the one
+        # first stored, here the copy read from the state (issue 12: memory per job).
+        self.records = {record.name: record for record in self.records.values()}
         if keep is not None:
             self._mark_removed(set(jobs) | set(keep))
         self._resume_open(left_open)
@@ -354,7 +359,7 @@ class Scheduler(ClockSteps, Dispatch):
             following = next_fire(entry.rec, due, self._reserved(entry) + 1)
             gap = None if following is None else to_ms(following) - due_ms
             fire_at = due_ms + jitter_delay_ms(job.name, due, job.jitter, gap)
-        heapq.heappush(self.heap, (fire_at, next(self._seq), job.name, entry.version, due_ms))
+        heapq.heappush(self.heap, (fire_at, entry.version, job.name, due_ms))
         self.wake.set()
 
     def _status(self, entry: Entry) -> JobStatus:
@@ -367,7 +372,7 @@ class Scheduler(ClockSteps, Dispatch):
 
     def next_deadline_ms(self) -> int | None:
         while self.heap:
-            fire_at, _, name, version, _ = self.heap[0]
+            fire_at, version, name, _ = self.heap[0]
             entry = self.entries.get(name)
             if entry is not None and entry.version == version:
                 return fire_at
@@ -384,7 +389,7 @@ class Scheduler(ClockSteps, Dispatch):
         # before its call is made.
         with self.store.batch():
             while (deadline := self.next_deadline_ms()) is not None and deadline <= now_ms:
-                _, _, name, _, scheduled_ms = heapq.heappop(self.heap)
+                _, _, name, scheduled_ms = heapq.heappop(self.heap)
                 self._due(self.entries[name], scheduled_ms, now)
                 fired += 1
         return fired
