@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import resource
 import socket
@@ -166,6 +167,7 @@ class Daemon(Shutdown, DuctapeAccess):
                 shared.start()
             self.loaded = True
             gc.freeze()  # the scheduler's entries, too (freezing is cheap; no collection)
+            return_freed_memory()
             # Full collections a hundred times rarer: each walked every object made since
             # the freeze, 50-100 ms on the loop at 10,000 jobs (issue 12: lateness p99
             # 7.3 -> 5.4 ms at 10,000 one-shots a minute). Young collections, which free
@@ -506,6 +508,18 @@ def raise_open_files_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):  # a kernel cap below it: keep soft
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def return_freed_memory() -> None:
+    """Hand back to the system the heap that the start used and freed (files parsed, the
+    state's rows read): glibc keeps it for later allocations, which a daemon that has
+    started makes few of. 100,000 jobs: 13 MB less RSS after a restart (issue 12).
+    Nothing to do where the C library is not glibc."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _shared(store: Store) -> PostgresStore | None:
