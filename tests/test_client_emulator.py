@@ -311,3 +311,24 @@ def test_retry_after_in_the_far_future_is_relative_to_the_clock() -> None:
     later = NOW + timedelta(hours=1)
     header = later.strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(header, NOW) == 3600.0
+
+
+def test_recorded_calls_are_kept_as_json_text_out_of_the_cyclic_gcs_way() -> None:
+    # Issue 12: tens of thousands of recorded calls held as dicts made each full
+    # collection stall the emulator for hundreds of milliseconds.
+    import gc
+    import json
+
+    from runner.ductape.emulator_state import EmulatorConfig, EmulatorState
+
+    state = EmulatorState(EmulatorConfig())
+    first = {"module": "quotas", "idempotency_key": "k1", "params": [{"input": {"é": [1, None]}}]}
+    state.record(first, "ok")
+    state.record({"module": "quotas", "idempotency_key": "k1"}, "fault:hang")
+    assert not any(gc.is_tracked(call) for call in state.calls)
+    calls = json.loads(state.calls_json())
+    assert calls[0] == {**first, "outcome": "ok"}
+    assert [c["outcome"] for c in calls] == ["ok", "fault:hang"]
+    assert len(state.keys) == 1
+    state.clear_calls()
+    assert json.loads(state.calls_json()) == [] and not state.keys

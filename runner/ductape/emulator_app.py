@@ -173,15 +173,14 @@ class Emulator:
         return _failure(500, "CONNECTION_ERROR", "reset fault needs emulator.serve()")
 
     async def list_calls(self, request: Request) -> Response:
-        return JSONResponse(self.state.calls)
+        return Response(self.state.calls_json(), media_type="application/json")
 
     async def count_calls(self, request: Request) -> Response:
         """Cheap to poll, unlike the whole list (benchmarks wait on it)."""
-        keys = {call.get("idempotency_key") for call in self.state.calls}
-        return JSONResponse({"calls": len(self.state.calls), "keys": len(keys)})
+        return JSONResponse({"calls": len(self.state.calls), "keys": len(self.state.keys)})
 
     async def clear_calls(self, request: Request) -> Response:
-        self.state.calls.clear()
+        self.state.clear_calls()
         return Response(status_code=204)
 
     async def list_faults(self, request: Request) -> Response:
