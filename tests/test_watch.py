@@ -275,6 +275,48 @@ def test_only_changed_files_are_parsed_again(tmp_path: Path) -> None:
     assert reconciler.files[str(tmp_path / "b.yaml")] is not before[str(tmp_path / "b.yaml")]
 
 
+def test_a_rescan_that_finds_nothing_changed_plans_with_no_work_per_job(tmp_path: Path) -> None:
+    # Issue 12, item 3: a periodic resync of 100,000 unchanged jobs planned in full held
+    # the loop (and the GIL) for about 0.3 s.
+    write(tmp_path / "a.yaml", job("one"))
+    write(tmp_path / "b.yaml", job("one"))
+    reconciler = FolderReconciler(tmp_path, quiet_s=0.0)
+    first = reconciler.scan({})
+    assert [j.job.name for j in first.add] == ["a", "b"]
+    # Applied (the caller vouches): nothing to change, all unchanged.
+    settled = reconciler.unchanged(reconciler.read())
+    assert settled is not None and settled.changes == 0
+    assert sorted(settled.unchanged) == ["a", "b"] and settled.desired is first.desired
+    again = reconciler.unchanged(reconciler.read(deep=True))  # content read, not changed
+    assert again is not None and again.changes == 0
+    assert again.unchanged is settled.unchanged and again.desired is first.desired
+    current = {j.job.name: j.digest for j in first.add}
+
+    write(tmp_path / "b.yaml", job("two"))  # a file changed: plan in full
+    assert reconciler.unchanged(reconciler.read()) is None
+    reconciler.plan(reconciler.read(), current)
+    (tmp_path / "c.yaml").write_text("name: c\nkind: nonsense\n")  # an invalid file
+    assert reconciler.unchanged(reconciler.read()) is None
+    plan = reconciler.plan(reconciler.read(), current)
+    assert plan.problems and reconciler.unchanged(reconciler.read()) is None  # still invalid
+
+
+async def test_a_resync_plans_in_full_after_the_schedule_changed_elsewhere(
+    tmp_path: Path, make_rig: Callable[..., Rig]
+) -> None:
+    folder = tmp_path / "jobs.d"
+    write(folder / "a.yaml", job("one"))
+    rig = make_rig(folder)
+    await eventually(lambda: rig.tags().get("a") == "one")
+    settled = await rig.sync.reload("resync")
+    assert settled.changes == 0
+    quiet = await rig.sync.reload("resync")
+    assert quiet.unchanged is settled.unchanged  # nothing changed: no plan per job
+    rig.scheduler.remove("a")  # not by a plan: the next one must see it
+    restored = await rig.sync.reload("resync")
+    assert [j.job.name for j in restored.add] == ["a"] and "a" in rig.scheduler.entries
+
+
 async def test_the_guard_confirms_only_after_the_state_held_for_the_period(tmp_path: Path) -> None:
     clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
     write(tmp_path / "jobs.d" / "a.yaml", job())

@@ -96,6 +96,9 @@ class Scheduler(ClockSteps, Dispatch):
         self.entries: dict[str, Entry] = {}
         self.records: dict[str, JobRecord] = {}
         self.runs: dict[str, JobRuns] = {}  # by job name: outlives edits and removals
+        # Counts changes to the job set (each definition added, replaced or removed): a
+        # plan made when it had this value still holds while it does (runner.daemon.watch).
+        self.definitions = 0
         # (fire at, version, job name, scheduled at): the version is unique and increasing,
         # so it also orders items due at the same millisecond by when they were planned
         # (no separate sequence number: one int fewer a job, issue 12 memory per job).
@@ -159,6 +162,7 @@ class Scheduler(ClockSteps, Dispatch):
         return outcome
 
     def _upsert(self, loaded: LoadedJob, now: datetime, *, save: bool) -> str:
+        self.definitions += 1
         name = loaded.job.name
         entry = self.entries.get(name)
         if entry is not None and entry.loaded.digest == loaded.digest:
@@ -197,6 +201,7 @@ class Scheduler(ClockSteps, Dispatch):
         entry = self.entries.pop(name, None)
         if entry is None:
             return False
+        self.definitions += 1
         entry.runs.halt("removed")
         entry.record.removed_ms = to_ms(self.clock.now())
         entry.record.next_fire_ms = None

@@ -73,6 +73,7 @@ class Daemon(Shutdown, DuctapeAccess):
         self.exit_status = 0
         self.requests_stop_seen = False
         self.loaded = False
+        self._first_applied = -1  # the scheduler's `definitions` once the first load is in
         self.invalid: dict[str, str] = {}
         self.notifier = Notifier(environ.get("NOTIFY_SOCKET"))
         self.watchdog_s = watchdog_interval_s(
@@ -159,6 +160,7 @@ class Daemon(Shutdown, DuctapeAccess):
                 await self._connect(shared, jobs)
             with self.store.batch():
                 self.scheduler.start(jobs, keep=self._kept_at_start())
+            self._first_applied = self.scheduler.definitions  # the first load's plan is applied
             # On disk before `daemon.started` says so (the group commit would hold these
             # writes up to its window).
             if (written := self.store.written()) is not None:
@@ -419,6 +421,7 @@ class Daemon(Shutdown, DuctapeAccess):
             resync_s=s.resync_interval_s,
             poll_interval_s=s.quiet_period_s * 4 if s.poll else None,
             on_reloaded=self._reloaded,
+            planned_at=self._first_applied,
         )
         return asyncio.create_task(self.sync.run(), name="watch")
 

@@ -29,6 +29,7 @@ import structlog
 import watchfiles
 
 from runner.daemon.folder import FolderReconciler, apply, current_of
+from runner.daemon.folder import counts as plan_counts
 from runner.daemon.folder import plan_folder as plan_folder  # re-exported for callers
 from runner.daemon.reconcile import Plan
 from runner.daemon.scheduler import Scheduler
@@ -274,7 +275,10 @@ class FolderSync:
         resync_s: float = 60.0,
         poll_interval_s: float | None = None,
         on_reloaded: Callable[[Plan], None] | None = None,
+        planned_at: int = -1,
     ) -> None:
+        """`planned_at`: the scheduler's `definitions` once the reconciler's last plan was
+        applied (the daemon's first load), if it was; -1 plans the first reload in full."""
         self.reconciler = reconciler
         self.scheduler = scheduler
         self.on_reloaded = on_reloaded
@@ -291,6 +295,7 @@ class FolderSync:
         self.reloads = 0
         self.resyncs = 0
         self._lock = asyncio.Lock()
+        self._planned_at = planned_at  # the scheduler's `definitions` when last applied
 
     async def run(self) -> None:
         await self.watcher.run()
@@ -303,10 +308,17 @@ class FolderSync:
         async with self._lock:
             started = time.perf_counter()
             log.debug("reload.started", reason=reason, folder=str(self.reconciler.folder))
-            current, paths = current_of(self.scheduler)
-            plan = await asyncio.to_thread(self.reconciler.scan, current, paths, deep=deep)
-            with self.scheduler.store.batch():
-                counts = apply(plan, self.scheduler)
+            reading = await asyncio.to_thread(self.reconciler.read, deep=deep)
+            same = self._planned_at == self.scheduler.definitions
+            plan = self.reconciler.unchanged(reading) if same else None
+            if plan is not None:
+                counts = plan_counts(plan)  # nothing to apply
+            else:
+                current, paths = current_of(self.scheduler)
+                plan = await asyncio.to_thread(self.reconciler.plan, reading, current, paths)
+                with self.scheduler.store.batch():
+                    counts = apply(plan, self.scheduler)
+                self._planned_at = self.scheduler.definitions
             self.reloads += 1
             quiet = reason in ("poll", "resync", "recheck") and not (plan.changes or plan.guard)
             (log.debug if quiet else log.info)(
