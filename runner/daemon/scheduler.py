@@ -121,7 +121,12 @@ class Scheduler(ClockSteps, Dispatch):
         in `keep` was deleted while the daemon was down: it is marked removed.
         """
         self.records = self.store.load_jobs()
-        stored = {name: job_row(record) for name, record in self.records.items()}
+        # Each record as read, kept as the hash of its row, not the row: 100,000 tuples of
+        # 18 values lived through the start and left its memory in fragments (issue 12:
+        # 11 MB more RSS after a 100,000-job restart). Two different rows with equal
+        # 64-bit hashes would leave that row unwritten until the job's next write; what
+        # the scheduler holds is right either way.
+        stored = {name: hash(job_row(record)) for name, record in self.records.items()}
         left_open = self.store.open_occurrences()
         for occ in left_open:  # they count toward `limit` before anything new is planned
             if occ.trigger != "manual":
@@ -133,7 +138,7 @@ class Scheduler(ClockSteps, Dispatch):
         # job, and no debug line per job: 100,000 of each were a fifth of the scheduler's
         # start (issue 12).
         self.store.save_jobs(
-            [r for name, r in self.records.items() if stored.get(name) != job_row(r)]
+            [r for name, r in self.records.items() if stored.get(name) != hash(job_row(r))]
         )
         del stored
         # Keyed by the names the jobs hold: a key that is already in a dict stays the one

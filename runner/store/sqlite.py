@@ -258,7 +258,9 @@ class SqliteStore:
         self._checkpointer.start()
 
     def load_jobs(self) -> dict[str, JobRecord]:
-        rows = self.db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs").fetchall()
+        # Row by row, not fetchall(): 100,000 rows at once were 22 MB more RSS after a
+        # restart, freed but left in fragments (issue 12, memory per job).
+        rows = self.db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs")
         # Most values repeat across rows (a file's path, a start's first sighting, the
         # schedule hashes): one object each, not one per row (issue 12, memory per job).
         seen: dict[object, object] = {}
