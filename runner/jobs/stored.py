@@ -40,7 +40,7 @@ from runner.jobs.model import (
     StorageJob,
     WorkflowJob,
 )
-from runner.jobs.sharing import share
+from runner.jobs.sharing import share, split_fields
 
 FORMAT = 1  # bump when the layout below changes
 _JOB_CLASSES: dict[str, type[BaseModel]] = {
@@ -172,7 +172,7 @@ def _jobs(
             if row[i] is not None:
                 row[i] = parts[row[i]]
         job = cls.__new__(cls)
-        setattr_(job, "__dict__", dict(zip(keys, row, strict=True)))
+        setattr_(job, "__dict__", split_fields(cls, zip(keys, row, strict=True)))
         setattr_(job, "__pydantic_fields_set__", given[fields_set])
         setattr_(job, "__pydantic_extra__", None)
         setattr_(job, "__pydantic_private__", None)
