@@ -242,13 +242,6 @@ class Schedule(_Strict):
         return self.cron is not None or self.every is not None
 
 
-# The policies of a job that sets none: one frozen instance each, shared by every such
-# job (issue 12: no instance to build, compare and share per job at a start).
-DEFAULT_RETRY = RetryPolicy()
-DEFAULT_CATCHUP = Catchup()
-DEFAULT_DST = DstPolicy()
-
-
 class _JobBase(_Strict):
     name: Annotated[str, Field(pattern=_NAME.pattern)]
     description: str | None = None
@@ -261,10 +254,10 @@ class _JobBase(_Strict):
     schedule: Schedule = Field(default_factory=Schedule)
     suspend: bool = False
     timeout: Annotated[Millis, Field(gt=0)] = 30_000
-    retry: RetryPolicy = Field(default_factory=lambda: DEFAULT_RETRY)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
     concurrency: Literal["forbid", "allow", "replace"] = "forbid"
-    catchup: Catchup = Field(default_factory=lambda: DEFAULT_CATCHUP)
-    dst: DstPolicy = Field(default_factory=lambda: DEFAULT_DST)
+    catchup: Catchup = Field(default_factory=Catchup)
+    dst: DstPolicy = Field(default_factory=DstPolicy)
     jitter: Millis = 0
     labels: dict[Annotated[str, Field(max_length=63)], str] = Field(default_factory=dict)
 

@@ -21,7 +21,6 @@ _EMPTY_MAPPINGS = ("input", "labels")
 _SHARED_STRINGS = ("kind", "env", "product", "cache", "concurrency")
 _SHARED_MAX = 100_000  # distinct parts remembered; a long-lived daemon's edits add more
 _shared: dict[Any, Any] = {}
-_shared_ids: set[int] = set()  # id() of each instance _shared holds
 _schedules: dict[tuple[Any, ...], Schedule] = {}
 
 
@@ -50,20 +49,16 @@ def compact(job: Job) -> Job:
     """
     if len(_shared) >= _SHARED_MAX:
         _shared.clear()
-        _shared_ids.clear()
     fields = job.__dict__
-    shared, shared_ids = _shared, _shared_ids
+    shared = _shared
     for name in _SHARED_PARTS:
         part = fields.get(name)
-        # An instance the table holds already (a default policy, a schedule shared by
-        # known_schedule) needs no hash and no comparison: most parts of most jobs.
-        if part is not None and id(part) not in shared_ids:
+        if part is not None:
             # Not contextlib.suppress: five context managers a job were 0.1 s of 100,000.
-            try:
-                part = fields[name] = shared.setdefault(part, part)
+            try:  # noqa: SIM105
+                fields[name] = shared.setdefault(part, part)
             except TypeError:  # a part holding a dict is not hashable
-                continue
-            shared_ids.add(id(part))  # alive as long as the table holds it
+                pass
     for name in _EMPTY_MAPPINGS:
         if fields.get(name) == {}:
             fields[name] = EMPTY
@@ -105,7 +100,6 @@ def share(value: Any) -> Any:
     """The instance equal to `value` that jobs already share, else `value`, shared from now."""
     if len(_shared) >= _SHARED_MAX:
         _shared.clear()
-        _shared_ids.clear()
     return _shared.setdefault(value, value)
 
 
