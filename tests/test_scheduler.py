@@ -464,3 +464,37 @@ def test_runs_in_flight_are_added_and_dropped_without_touching_the_shared_empty_
     assert dict(busy.active) == {2: two}
     busy.drop(2)
     assert busy.active is idle.active
+
+
+async def test_a_job_holds_the_shared_idle_runs_except_while_it_counts_or_runs_something(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # Issue 12, memory per job: a job with nothing in flight holds the one shared
+    # JobRuns; it gets its own to run, hold or count, and gives it back when idle again.
+    from runner.daemon.runs import IDLE
+
+    ex = FakeExecutor(clock, duration_s=30)
+    jobs = "name: j\nkind: quota\ntag: t\nschedule: {every: 10m}\n"
+    jobs += "---\nname: k\nkind: quota\ntag: t\nschedule: {start_at: '2026-03-01T05:00:00Z'}\n"
+    h = await Harness(tmp_path, clock, ex).start(jobs_from(tmp_path, jobs))
+    entries = h.scheduler.entries
+    assert ex.times("j") == iso("2026-03-01T00:00:00Z")  # running now: its own runs
+    assert entries["j"].runs is not IDLE and entries["j"].runs.pending == 1
+    assert entries["k"].runs is IDLE and set(h.scheduler.runs) == {"j"}
+    await clock.advance(31)  # j's run finished: back to the shared one
+    assert entries["j"].runs is IDLE and h.scheduler.runs == {}
+    h.scheduler.pause("k")  # held: its own, with held set
+    assert entries["k"].runs is not IDLE and entries["k"].runs.held
+    h.scheduler.resume("k")
+    assert entries["k"].runs is IDLE and h.scheduler.runs == {}
+    h.scheduler.trigger("k")  # a trigger remembers its instant: the job keeps its own
+    await clock.advance(31)
+    assert entries["k"].runs is not IDLE and entries["k"].runs.last_manual_ms > 0
+    await clock.advance(600 - 62)
+    assert ex.times("j")[-1] == iso("2026-03-01T00:10:00Z")[0]  # still on schedule
+    with pytest.raises(AttributeError):
+        IDLE.pending += 1
+    with pytest.raises(AttributeError):
+        IDLE.hold(True)
+    assert IDLE.idle()
+    await h.stop()

@@ -7,11 +7,12 @@ applies them to the jobs it holds.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
 from runner.daemon.decisions import to_ms
-from runner.daemon.runs import Entry
+from runner.daemon.runs import Entry, JobRuns
 from runner.timing.steps import elapsed_shift_ms, replays_at_new_time, shifted
 
 log = structlog.get_logger("runner.scheduler")
@@ -26,6 +27,10 @@ class ClockSteps:
 
     def _reschedule(self, entry: Entry, now: datetime, *, catch_up: bool) -> None:
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # Dispatch's (a stub here would come first in Scheduler's MRO)
+
+        def _runs_of(self, name: str) -> JobRuns: ...
 
     def _check_clock(
         self, last_wall: datetime, last_mono: float, now: datetime, mono: float
@@ -55,16 +60,18 @@ class ClockSteps:
         elapsed = new_time = 0
         for entry in self.entries.values():
             record, runs = entry.record, entry.runs
-            if step_ms > 0:
+            if step_ms > 0 and runs.replay_until_ms != -1:
                 runs.replay_until_ms = -1  # instants ahead were never run; behind, they were
             shift = elapsed_shift_ms(entry.rec, step_ms, now - step)
             if shift:
+                runs = self._runs_of(entry.job.name)
                 runs.shift_ms += shift
                 entry.rec = shifted(entry.rec, shift)
                 if record.last_scheduled_ms is not None:
                     record.last_scheduled_ms += shift
                 elapsed += 1
             elif replays_at_new_time(entry.rec, step):
+                runs = self._runs_of(entry.job.name)
                 runs.replay_until_ms = max(runs.replay_until_ms, record.last_scheduled_ms or -1)
                 record.last_scheduled_ms = now_ms - 1
                 new_time += 1

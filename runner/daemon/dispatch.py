@@ -16,7 +16,7 @@ from datetime import datetime
 import structlog
 
 from runner.daemon.decisions import from_ms, is_last, iso, to_ms
-from runner.daemon.runs import Entry, Executor, Item, JobRuns, Run, RunControl
+from runner.daemon.runs import IDLE, Entry, Executor, Item, JobRuns, Run, RunControl
 from runner.jobs.model import Job
 from runner.store import OPEN_STATES, RAN_STATES, Claims, JobRecord, JobStatus, Occurrence, Store
 from runner.timing.clock import Clock
@@ -59,10 +59,32 @@ class Dispatch:
 
     # ---- starting ------------------------------------------------------------------
     def _runs_of(self, name: str) -> JobRuns:
+        """The job's own JobRuns, made now if the job held the shared idle one: call it
+        before counting, holding or running anything (the idle one refuses changes)."""
         runs = self.runs.get(name)
         if runs is None:
             runs = self.runs[name] = JobRuns()
+            entry = self.entries.get(name)
+            if entry is not None:
+                entry.runs = runs
         return runs
+
+    def _hold(self, entry: Entry) -> None:
+        """Hold or release the job's runs as its pause and `suspend` say."""
+        held = entry.held
+        runs = self._runs_of(entry.job.name) if held else entry.runs
+        runs.hold(held)
+        self._release_if_idle(entry.job.name, runs)
+
+    def _release_if_idle(self, name: str, runs: JobRuns) -> None:
+        """A job with nothing in flight and nothing counted goes back to the shared idle
+        JobRuns (issue 12: memory per job stays what it was at start once runs end)."""
+        if runs is IDLE or not runs.idle() or self.runs.get(name) is not runs:
+            return
+        del self.runs[name]
+        entry = self.entries.get(name)
+        if entry is not None and entry.runs is runs:
+            entry.runs = IDLE
 
     def _skip(
         self, entry: Entry, scheduled_ms: int, reason: str, trigger: str = "schedule"
@@ -162,7 +184,7 @@ class Dispatch:
             if not manual:
                 entry.record.last_scheduled_ms = occ.scheduled_ms
         if not manual:
-            entry.runs.pending += 1
+            self._runs_of(entry.job.name).pending += 1
         return occ
 
     # ---- running ---------------------------------------------------------------------
@@ -180,7 +202,8 @@ class Dispatch:
         return Item(occ, entry.job, entry.loaded.digest)
 
     def _spawn(self, entry: Entry, items: list[Item]) -> Run:
-        name, runs = entry.job.name, entry.runs
+        name = entry.job.name
+        runs = self._runs_of(name)
         run = Run(next(self._run_ids), RunControl(held=runs.held))
         run.add(items)
         runs.add(run)
@@ -271,6 +294,8 @@ class Dispatch:
             self._finished(runs, run, run.queue.popleft())
         if not runs.active and name not in self.entries and runs.pending <= 0:
             self.runs.pop(name, None)
+        else:
+            self._release_if_idle(name, runs)
         current = self.entries.get(name)
         if current is not None:
             current.record.status = self._status(current)
@@ -360,7 +385,7 @@ class Dispatch:
             by_job.setdefault(occ.job, []).append(occ)
         for name, occs in by_job.items():
             entry = self.entries[name]
-            entry.runs.pending += sum(occ.trigger != "manual" for occ in occs)
+            self._runs_of(name).pending += sum(occ.trigger != "manual" for occ in occs)
             self._enqueue(entry, occs)
 
     def _won_here(self, entry: Entry, scheduled_ms: int) -> bool:

@@ -35,7 +35,7 @@ from runner.daemon.decisions import (
     to_ms,
 )
 from runner.daemon.dispatch import Dispatch
-from runner.daemon.runs import Entry, Executor, HaltReason, JobRuns, RunControl
+from runner.daemon.runs import IDLE, Entry, Executor, HaltReason, JobRuns, RunControl
 from runner.jobs.loader import LoadedJob
 from runner.jobs.model import Job
 from runner.store import (
@@ -188,14 +188,15 @@ class Scheduler(ClockSteps, Dispatch):
         record.definition_hash = loaded.digest
         record.path = loaded.path
         self.records[name] = record
-        # The runs in flight stay where they are: only the definition changes.
-        runs = self._runs_of(name)
+        # The runs in flight stay where they are: only the definition changes. A job
+        # with none holds the shared idle JobRuns until it counts or runs something.
+        runs = self.runs.get(name, IDLE)
         rec = recurrence_of(loaded.job, record.anchor_ms)
         if runs.shift_ms:
             rec = shifted(rec, runs.shift_ms)
         entry = Entry(loaded, record, rec, runs)
         self.entries[name] = entry
-        runs.hold(loaded.job.suspend or record.paused)
+        self._hold(entry)
         self._reschedule(entry, now, catch_up=not new_schedule)
         if save:
             self.store.save_job(record)
@@ -229,7 +230,7 @@ class Scheduler(ClockSteps, Dispatch):
         """
         entry = self._entry(name)
         entry.record.paused = paused
-        entry.runs.hold(entry.held)
+        self._hold(entry)
         self._reschedule(entry, self.clock.now(), catch_up=False)
         self.store.save_job(entry.record)
         if self.claims is not None:
@@ -247,7 +248,7 @@ class Scheduler(ClockSteps, Dispatch):
         now_ms = max(to_ms(self.clock.now()), entry.runs.last_manual_ms + 1)
         while self._is_fire_instant(entry, now_ms):
             now_ms += 1
-        entry.runs.last_manual_ms = now_ms
+        self._runs_of(name).last_manual_ms = now_ms
         return self._start(entry, now_ms, "manual")
 
     def _is_fire_instant(self, entry: Entry, ms: int) -> bool:
@@ -428,7 +429,7 @@ class Scheduler(ClockSteps, Dispatch):
             entry = self.entries.get(shared.name)
             if entry is None or entry.record is not record:
                 continue
-            entry.runs.hold(entry.held)
+            self._hold(entry)
             if moved or (counted and entry.job.schedule.limit is not None):
                 entry.rec = shifted(recurrence_of(entry.job, record.anchor_ms), entry.runs.shift_ms)
                 self._reschedule(entry, now, catch_up=False)
