@@ -31,6 +31,7 @@ from runner.daemon.decisions import (
     recurrence_of,
     scan_missed,
     schedule_hash,
+    shared_ms,
     status_of,
     to_ms,
 )
@@ -264,7 +265,7 @@ class Scheduler(ClockSteps, Dispatch):
         return entry
 
     def _new_record(self, loaded: LoadedJob, now: datetime, sched_hash: str) -> JobRecord:
-        now_ms = to_ms(now)
+        now_ms = shared_ms(now)
         return JobRecord(
             name=loaded.job.name,
             definition_hash=loaded.digest,
@@ -359,7 +360,7 @@ class Scheduler(ClockSteps, Dispatch):
 
     def _set_due(self, entry: Entry, due: datetime | None) -> None:
         entry.due = due
-        due_ms = None if due is None else to_ms(due)
+        due_ms = None if due is None else shared_ms(due)
         entry.record.next_fire_ms = due_ms
         entry.record.status = self._status(entry)
         if due is None or due_ms is None:
