@@ -286,10 +286,13 @@ def test_a_rescan_that_finds_nothing_changed_plans_with_no_work_per_job(tmp_path
     # Applied (the caller vouches): nothing to change, all unchanged.
     settled = reconciler.unchanged(reconciler.read())
     assert settled is not None and settled.changes == 0
-    assert sorted(settled.unchanged) == ["a", "b"] and settled.desired is first.desired
+    assert sorted(settled.unchanged) == ["a", "b"] and settled.desired == {}
+    # What the applied plan keeps: not the jobs it added, which the schedule holds.
+    assert reconciler.last_plan is not None and reconciler.last_plan.add == []
+    assert reconciler.last_plan.desired == {}
     again = reconciler.unchanged(reconciler.read(deep=True))  # content read, not changed
     assert again is not None and again.changes == 0
-    assert again.unchanged is settled.unchanged and again.desired is first.desired
+    assert again.unchanged is settled.unchanged
     current = {j.job.name: j.digest for j in first.add}
 
     write(tmp_path / "b.yaml", job("two"))  # a file changed: plan in full

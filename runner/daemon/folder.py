@@ -180,9 +180,25 @@ class FolderReconciler:
             or any(state is not self.files[path] for path, state in reading.found.items())
         ):
             return None
-        if last.changes:  # applied: the schedule holds what it wanted, all unchanged now
-            self.last_plan = last = Plan(unchanged=list(last.desired), desired=last.desired)
-        return Plan(unchanged=last.unchanged, desired=last.desired)
+        self.applied()  # the schedule holds what it wanted: all unchanged now
+        return Plan(unchanged=(self.last_plan or last).unchanged)
+
+    def applied(self) -> None:
+        """The last plan is in the schedule now: keep of it what later reads need (its
+        problems, guard, last good versions, accepted files, files being written, and
+        the names it left as they were), not the jobs it added or wanted, which the
+        schedule holds (issue 12: a 100,000-job start kept 5 MB of them for good)."""
+        last = self.last_plan
+        if last is None or not (last.changes or last.desired):
+            return
+        self.last_plan = Plan(
+            unchanged=list(last.desired),
+            problems=last.problems,
+            kept_last_good=last.kept_last_good,
+            guard=last.guard,
+            accepted=last.accepted,
+            unsettled=last.unsettled,
+        )
 
     def _note_presence(self, present: bool) -> None:
         """Say when the folder is missing (at start: maybe a sidecar has not made it yet)."""

@@ -161,6 +161,7 @@ class Daemon(Shutdown, DuctapeAccess):
             with self.store.batch():
                 self.scheduler.start(jobs, keep=self._kept_at_start())
             self._first_applied = self.scheduler.definitions  # the first load's plan is applied
+            self.reconciler.applied()
             # On disk before `daemon.started` says so (the group commit would hold these
             # writes up to its window).
             if (written := self.store.written()) is not None:

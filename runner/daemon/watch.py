@@ -319,6 +319,7 @@ class FolderSync:
                 with self.scheduler.store.batch():
                     counts = apply(plan, self.scheduler)
                 self._planned_at = self.scheduler.definitions
+                self.reconciler.applied()
             self.reloads += 1
             quiet = reason in ("poll", "resync", "recheck") and not (plan.changes or plan.guard)
             (log.debug if quiet else log.info)(

@@ -242,7 +242,9 @@ def _resolve_plain(loader: yaml.SafeLoader, event: yaml.ScalarEvent) -> str:
     tag = _PLAIN_TAGS.get(event.value)
     if tag is None:
         tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
-        if len(_PLAIN_TAGS) < 50_000 and len(event.value) < 64:
+        # Bounded: the words files repeat come early; unique ones (job names) would only
+        # pin a dict of them for the daemon's life (1.8 MB at 100,000 jobs, issue 12).
+        if len(_PLAIN_TAGS) < 4_096 and len(event.value) < 64:
             _PLAIN_TAGS[event.value] = tag
     return tag
 

@@ -8,6 +8,7 @@ snapshot taken on the loop, so a page of 10,000 jobs never holds up a due occurr
 from __future__ import annotations
 
 import asyncio
+import heapq
 import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -92,9 +93,11 @@ class Dashboard:
         invalid = frozenset(str(p) for p in plan.problems)
         self.last_reload = pages.Reload(
             at,
-            sorted(j.job.name for j in plan.add),
-            sorted(j.job.name for j in plan.update),
-            sorted(plan.remove),
+            # The page names the first 20 of each (a 100,000-job start sorted and kept
+            # them all: issue 12); one more tells it there are others.
+            heapq.nsmallest(21, (j.job.name for j in plan.add)),
+            heapq.nsmallest(21, (j.job.name for j in plan.update)),
+            heapq.nsmallest(21, plan.remove),
             len(plan.unchanged),
         )
         if plan.changes or invalid != self._invalid_seen or plan.guard:

@@ -195,7 +195,8 @@ def _occurrence(o: Occurrence) -> str:
 
 @dataclass(frozen=True)
 class Reload:
-    """The last reconcile: when, and the names it added, updated and removed."""
+    """The last reconcile: when, and the names it added, updated and removed (the first
+    21 of each in name order: the page shows 20, and whether there were more)."""
 
     at: datetime
     added: list[str]
