@@ -40,7 +40,7 @@ from runner.jobs.model import (
     StorageJob,
     WorkflowJob,
 )
-from runner.jobs.sharing import share, split_fields
+from runner.jobs.sharing import share, shared_line, split_fields
 
 FORMAT = 1  # bump when the layout below changes
 _JOB_CLASSES: dict[str, type[BaseModel]] = {
@@ -176,7 +176,7 @@ def _jobs(
         setattr_(job, "__pydantic_fields_set__", given[fields_set])
         setattr_(job, "__pydantic_extra__", None)
         setattr_(job, "__pydantic_private__", None)
-        jobs.append(LoadedJob(job, path, line, digest))
+        jobs.append(LoadedJob(job, path, shared_line(line), digest))
     return jobs
 
 
