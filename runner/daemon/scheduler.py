@@ -121,7 +121,10 @@ class Scheduler(ClockSteps, Dispatch):
         With `keep` (the folder was read), a recorded job that is neither in `jobs` nor
         in `keep` was deleted while the daemon was down: it is marked removed.
         """
-        self.records = self.store.load_jobs()
+        strings = {loaded.job.name: loaded.job.name for loaded in jobs.values()}
+        strings.update((loaded.digest, loaded.digest) for loaded in jobs.values())
+        self.records = self.store.load_jobs(strings)
+        del strings
         # Each record as read, kept as the hash of its row, not the row: 100,000 tuples of
         # 18 values lived through the start and left its memory in fragments (issue 12:
         # 11 MB more RSS after a 100,000-job restart). Two different rows with equal

@@ -7,7 +7,7 @@ Backends: `sqlite` (one daemon) and `postgres` (replicas). May import `runner.er
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from operator import attrgetter
@@ -88,7 +88,10 @@ class Store(Protocol):
         """Group many writes into one transaction."""
         ...
 
-    def load_jobs(self) -> dict[str, JobRecord]: ...
+    def load_jobs(self, strings: Mapping[str, str] | None = None) -> dict[str, JobRecord]:
+        """Every job's record. A string value equal to a key of `strings` is given as
+        that key's value: the caller's copy, already in memory."""
+        ...
 
     def save_job(self, record: JobRecord) -> None: ...
 

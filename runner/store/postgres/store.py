@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psycopg
@@ -174,8 +174,8 @@ class PostgresStore(_Claims):
     def batch(self) -> Iterator[None]:
         yield  # writes are queued in order already; each is its own transaction
 
-    def load_jobs(self) -> dict[str, JobRecord]:
-        return dict(self._jobs)
+    def load_jobs(self, strings: Mapping[str, str] | None = None) -> dict[str, JobRecord]:
+        return dict(self._jobs)  # read at `open`, before the jobs were known
 
     def open_occurrences(self) -> list[Occurrence]:
         """Those taken over at `open`: ours from a previous life, or whose lease expired."""
