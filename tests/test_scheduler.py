@@ -498,3 +498,15 @@ async def test_a_job_holds_the_shared_idle_runs_except_while_it_counts_or_runs_s
         IDLE.hold(True)
     assert IDLE.idle()
     await h.stop()
+
+
+def test_equal_instants_give_one_int_object() -> None:
+    # Issue 12, memory per job: 100,000 jobs' next fire times are a few thousand instants.
+    from zoneinfo import ZoneInfo
+
+    from runner.daemon.decisions import shared_ms
+
+    utc = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+    there = utc.astimezone(ZoneInfo("Europe/Amsterdam"))
+    assert shared_ms(utc) == to_ms(utc) and shared_ms(there) is shared_ms(utc)
+    assert shared_ms(utc + timedelta(milliseconds=1)) == to_ms(utc) + 1
