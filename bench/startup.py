@@ -1,7 +1,7 @@
 """Start-up of the real daemon on N cron jobs in F files: time to `daemon.started`, RSS per job.
 
     .venv/bin/python bench/startup.py [--jobs 100000] [--files 100] [--profile out.prof]
-                                      [--tree DIR]
+                                      [--tree DIR] [--peer]
 
 Writes the folder, starts `ductape-runner run --dry-run` (nothing is called) on a fresh
 state file and on the same state again (a restart), and prints a table. Each daemon is
@@ -10,7 +10,9 @@ for the restart, as after any run longer than a few seconds). `--profile`
 runs both starts under cProfile (PATH.fresh.prof, PATH.restart.prof). `--tree` starts
 the daemon from another checkout (e.g. a worktree of main, for a before/after in one
 session). The daemon's CPU seconds are printed beside the wall-clock time: on a shared
-machine they move less than the wall clock.
+machine they move less than the wall clock. `--peer` also starts APScheduler 3 on the
+same folder (bench/aps_cron.py: PyYAML's C loader, a CronTrigger per job, an aiohttp
+session) and measures it the same way, to its `ready` line.
 """
 
 from __future__ import annotations
@@ -79,6 +81,29 @@ def start(tmp: Path, profile: Path | None, tree: Path) -> tuple[float, float, in
         proc.wait(30)
 
 
+def start_peer(tmp: Path) -> tuple[float, float, int]:
+    """bench/aps_cron.py on the same folder: time to `ready`, CPU, RSS then."""
+    command = [sys.executable, str(ROOT / "bench" / "aps_cron.py"), "--folder", str(tmp / "jobs.d")]
+    log = tmp / "peer.log"
+    started = time.monotonic()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        while time.monotonic() - started < 900:
+            if proc.poll() is not None:
+                raise SystemExit(f"peer exited {proc.returncode}: {log.read_text()[-2000:]}")
+            if b"ready" in log.read_bytes():
+                ready_s = time.monotonic() - started
+                peer = psutil.Process(proc.pid)
+                cpu = peer.cpu_times()
+                return ready_s, cpu.user + cpu.system, peer.memory_info().rss
+            time.sleep(0.05)
+        raise SystemExit("peer not ready within 900 s")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def settle(daemon: psutil.Process, timeout_s: float = 120.0) -> None:
     """Let the daemon finish what it does after `daemon.started` (storing each file's
     validated jobs for the next start) before it is stopped: until it has used under
@@ -99,6 +124,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--tree", type=Path, default=ROOT)
+    parser.add_argument("--peer", action="store_true", help="also APScheduler 3, same folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -115,12 +141,18 @@ def main() -> None:
         for label, profile in zip(("fresh state", "restart"), profiles, strict=True):
             ready_s, cpu_s, rss = start(tmp, profile, args.tree.resolve())
             rows.append((label, ready_s, cpu_s, rss))
+        if args.peer:
+            rows.append(("APScheduler 3 (peer)", *start_peer(tmp)))
     print(f"{args.jobs:,} cron jobs in {args.files} files, `run --dry-run`, to daemon.started")
     print("| start | ready (s) | CPU (s) | RSS (MiB) | RSS per job (B) |")
     print("|---|---:|---:|---:|---:|")
     for label, ready_s, cpu_s, rss in rows:
         mib, per_job = rss / 2**20, rss / args.jobs
         print(f"| {label} | {ready_s:.2f} | {cpu_s:.2f} | {mib:.0f} | {per_job:,.0f} |")
+    if args.peer:
+        peer = rows[-1][3]
+        for label, _, _, rss in rows[:-1]:
+            print(f"RSS per job, runner ({label}) / peer: {rss / peer:.2f}")
     print(json.dumps({"rows": rows}))
 
 
