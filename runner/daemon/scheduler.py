@@ -121,6 +121,8 @@ class Scheduler(ClockSteps, Dispatch):
         With `keep` (the folder was read), a recorded job that is neither in `jobs` nor
         in `keep` was deleted while the daemon was down: it is marked removed.
         """
+        # Records keyed and named by the strings the jobs hold, not copies read from the
+        # state (issue 12: memory per job).
         strings = {loaded.job.name: loaded.job.name for loaded in jobs.values()}
         strings.update((loaded.digest, loaded.digest) for loaded in jobs.values())
         self.records = self.store.load_jobs(strings)
@@ -145,9 +147,6 @@ class Scheduler(ClockSteps, Dispatch):
             [r for name, r in self.records.items() if stored.get(name) != hash(job_row(r))]
         )
         del stored
-        # Keyed by the names the jobs hold: a key that is already in a dict stays the one
-        # first stored, here the copy read from the state (issue 12: memory per job).
-        self.records = {record.name: record for record in self.records.values()}
         if keep is not None:
             self._mark_removed(set(jobs) | set(keep))
         self._resume_open(left_open)

@@ -175,7 +175,9 @@ class PostgresStore(_Claims):
         yield  # writes are queued in order already; each is its own transaction
 
     def load_jobs(self, strings: Mapping[str, str] | None = None) -> dict[str, JobRecord]:
-        return dict(self._jobs)  # read at `open`, before the jobs were known
+        # Read at `open`, before the jobs were known: keyed now by the caller's strings.
+        known = (strings or {}).get
+        return {known(name, name): record for name, record in self._jobs.items()}
 
     def open_occurrences(self) -> list[Occurrence]:
         """Those taken over at `open`: ours from a previous life, or whose lease expired."""
