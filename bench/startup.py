@@ -59,23 +59,48 @@ def start(tmp: Path, profile: Path | None, tree: Path) -> tuple[float, float, in
     if profile is not None:
         command += ["-m", "cProfile", "-o", str(profile)]
     command += ["-m", "runner", "run", "--dry-run"]
-    log = tmp / "runner.log"
+    return until_ready(
+        command,
+        tmp / "runner.log",
+        b'"daemon.started"',
+        "daemon",
+        600,
+        cwd=tree,
+        env=env,
+        idle=True,
+    )
+
+
+def until_ready(
+    command: list[str],
+    log: Path,
+    needle: bytes,
+    what: str,
+    limit_s: float,
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    idle: bool = False,
+) -> tuple[float, float, int]:
+    """Start `command`, logging to `log`, until `needle` is in the log: seconds to then,
+    CPU seconds and RSS then. With `idle`, let it settle before it is stopped."""
     started = time.monotonic()
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tree)
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
-        while time.monotonic() - started < 600:
+        while time.monotonic() - started < limit_s:
             if proc.poll() is not None:
-                raise SystemExit(f"daemon exited {proc.returncode}: {log.read_text()[-2000:]}")
-            if b'"daemon.started"' in log.read_bytes():
+                raise SystemExit(f"{what} exited {proc.returncode}: {log.read_text()[-2000:]}")
+            if needle in log.read_bytes():
                 ready_s = time.monotonic() - started
-                daemon = psutil.Process(proc.pid)
-                cpu = daemon.cpu_times()
-                figures = ready_s, cpu.user + cpu.system, daemon.memory_info().rss
-                settle(daemon)
+                process = psutil.Process(proc.pid)
+                cpu = process.cpu_times()
+                figures = ready_s, cpu.user + cpu.system, process.memory_info().rss
+                if idle:
+                    settle(process)
                 return figures
             time.sleep(0.05)
-        raise SystemExit("daemon not started within 600 s")
+        raise SystemExit(f"{what} not ready within {limit_s:g} s")
     finally:
         proc.terminate()
         proc.wait(30)
@@ -84,24 +109,7 @@ def start(tmp: Path, profile: Path | None, tree: Path) -> tuple[float, float, in
 def start_peer(tmp: Path) -> tuple[float, float, int]:
     """bench/aps_cron.py on the same folder: time to `ready`, CPU, RSS then."""
     command = [sys.executable, str(ROOT / "bench" / "aps_cron.py"), "--folder", str(tmp / "jobs.d")]
-    log = tmp / "peer.log"
-    started = time.monotonic()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        while time.monotonic() - started < 900:
-            if proc.poll() is not None:
-                raise SystemExit(f"peer exited {proc.returncode}: {log.read_text()[-2000:]}")
-            if b"ready" in log.read_bytes():
-                ready_s = time.monotonic() - started
-                peer = psutil.Process(proc.pid)
-                cpu = peer.cpu_times()
-                return ready_s, cpu.user + cpu.system, peer.memory_info().rss
-            time.sleep(0.05)
-        raise SystemExit("peer not ready within 900 s")
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    return until_ready(command, tmp / "peer.log", b"ready", "peer", 900, cwd=ROOT)
 
 
 def settle(daemon: psutil.Process, timeout_s: float = 120.0) -> None:
