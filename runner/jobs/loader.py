@@ -347,6 +347,21 @@ def _message(error: Any, loc: DataPath) -> tuple[str, bool]:
     return message[:1].lower() + message[1:], False
 
 
+# Fields that are right one level down: named where they belong, not "did you mean" the
+# same name (`kind:` with a top-level `start_at` once said "did you mean 'start_at'?").
+_BELONGS = {
+    **dict.fromkeys(
+        ("start_at", "cron", "every", "limit", "endDate", "tz"),
+        "'schedule'; in the 'type:' spelling 'start_at' is at the top level and the rest in"
+        " 'repeat'",
+    ),
+    **dict.fromkeys(("initial", "max", "multiplier"), "'retry'"),
+    **dict.fromkeys(("policy", "window"), "'catchup'"),
+    **dict.fromkeys(("skipped", "repeated"), "'dst'"),
+    "token": "'session'",
+}
+
+
 def _suggest(error: Any, name: str | int) -> str:
     known = [
         "name", "description", "kind", "env", "product", "input", "retries", "session",
@@ -356,7 +371,12 @@ def _suggest(error: Any, name: str | int) -> str:
         "tz", "initial", "max", "multiplier", "policy", "window", "skipped", "repeated", "token",
     ]  # fmt: skip
     close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.75)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    if not close:
+        return ""
+    if close[0] == name:  # a field, but not of this mapping or this kind
+        where = _BELONGS.get(str(name))
+        return f" (a field of {where})" if where else " (not a field of this job's kind)"
+    return f" (did you mean '{close[0]}'?)"
 
 
 def _problem(
