@@ -16,9 +16,10 @@ import structlog
 from runner.daemon.reconcile import FileState, Plan, compute_plan
 from runner.daemon.scheduler import Scheduler
 from runner.errors import Problem
-from runner.jobs import stored
+from runner.jobs import parallel, stored
 from runner.jobs.loader import (
     Defaults,
+    FileResult,
     Limits,
     LoadedJob,
     discover_names,
@@ -65,6 +66,15 @@ class _Stat:
         return now_s - max(self.mtime_ns, self.ctime_ns) / 1e9
 
 
+@dataclass(slots=True)
+class _Read:
+    """A file read whole and settled, not parsed yet."""
+
+    shown: str
+    data: bytes | SourceError
+    previous: FileState | None
+
+
 class FolderReconciler:
     """Per-file state between scans: `scan` yields the plan, `apply()` carries it out.
 
@@ -83,8 +93,14 @@ class FolderReconciler:
         defaults: Defaults = DEFAULT_DEFAULTS,
         quiet_s: float = 0.25,
         confirm_s: float = 300.0,
+        parse_workers: int = 0,
     ) -> None:
+        """`parse_workers`: processes that parse changed files besides this one, when
+        there is at least `parallel.MIN_BYTES` of them (runner.jobs.parallel)."""
         self.folder = folder
+        self.parse_workers = parse_workers
+        self.parallel_min_bytes = parallel.MIN_BYTES
+        self._parsed: dict[str, FileResult] = {}  # by the workers, for `_parse` to take
         self.clock: Clock = clock or SystemClock()
         self.limits = limits
         self.defaults = defaults
@@ -124,16 +140,49 @@ class FolderReconciler:
         found: dict[str, FileState] = {}
         unsettled: list[str] = []
         cut, shown_base = len(real.rstrip(os.sep)) + 1, str(self.folder)
+        reads: list[tuple[str, FileState | _Read | None]] = []
         for path in discover_names(real) if present else []:
             # Shown under the configured folder: stable across symlink swaps.
             shown = os.path.join(shown_base, path[cut:])  # noqa: PTH118 (strings: see discover_names)
-            state = self._read(path, shown, now_s, deep)
-            if state is None:
-                unsettled.append(shown)
-                state = self.files.get(shown)
-            if state is not None:
-                found[shown] = state
+            reads.append((shown, self._read(path, shown, now_s, deep)))
+        self._parse_ahead([got for _, got in reads if isinstance(got, _Read)])
+        try:
+            for shown, got in reads:
+                state = (
+                    self._parse(got.shown, got.data, got.previous)
+                    if isinstance(got, _Read)
+                    else got
+                )
+                if state is None:
+                    unsettled.append(shown)
+                    state = self.files.get(shown)
+                if state is not None:
+                    found[shown] = state
+        finally:
+            self._parsed.clear()
         return Reading(found, unsettled, present)
+
+    def _parse_ahead(self, reads: list[_Read]) -> None:
+        """Parse the files that `_parse` would, in worker processes too, when there is
+        enough of them to be worth it (a first start, a large change)."""
+        if self.parse_workers < 1 or len(reads) < 2:
+            return
+        todo: list[tuple[str, bytes]] = []
+        for read in reads:
+            data, previous = read.data, read.previous
+            if isinstance(data, SourceError):
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if previous is not None and previous.content_hash == digest:
+                continue
+            if self.validated.get(read.shown) == digest:
+                continue  # rebuilt from the state (a restart)
+            todo.append((read.shown, data))
+        if len(todo) < 2 or sum(len(data) for _, data in todo) < self.parallel_min_bytes:
+            return
+        self._parsed = parallel.load_files(
+            todo, self.limits, self.defaults, workers=self.parse_workers
+        )
 
     def plan(
         self,
@@ -225,15 +274,14 @@ class FolderReconciler:
             waits.append(max(self.confirm_s - held, 0.0) + 0.01)
         return min(waits, default=None)
 
-    def _read(self, path: str, shown: str, now_s: float, deep: bool) -> FileState | None:
-        """Stat, read, stat: the file's state, or None while it is still being written."""
+    def _read(self, path: str, shown: str, now_s: float, deep: bool) -> FileState | _Read | None:
+        """Stat, read, stat: the file's state, what to parse for it, or None while it is
+        still being written."""
         previous = self.files.get(shown)
         try:
             before = _Stat.of(os.stat(path))  # noqa: PTH116
         except OSError as exc:  # a dangling symlink, or deleted since the walk
-            return self._parse(
-                shown, SourceError(f"cannot open file: {exc.strerror}", 1, 1), previous
-            )
+            return _Read(shown, SourceError(f"cannot open file: {exc.strerror}", 1, 1), previous)
         if not deep and previous is not None and self._seen.get(shown) == before:
             return previous
         try:
@@ -249,7 +297,7 @@ class FolderReconciler:
         if before.age_s(now_s) >= CACHE_AGE_S:
             self._seen[shown] = before
         self._inodes[shown] = (before.dev, before.ino)
-        return self._parse(shown, data, previous)
+        return _Read(shown, data, previous)
 
     def _settled(self, path: str, shown: str, before: _Stat, now_s: float) -> bool:
         """Quiet for `quiet_s`, and not being written: a writer that pauses mid-file
@@ -286,7 +334,9 @@ class FolderReconciler:
         jobs = self._validated(shown, digest)
         if jobs is not None:
             return FileState(shown, digest, jobs, [], last_good, source=data)
-        result = load_file(Path(shown), self.limits, self.defaults, data=data)
+        result = self._parsed.pop(shown, None) or load_file(
+            Path(shown), self.limits, self.defaults, data=data
+        )
         if result.problems:
             last_good = last_good if last_good is not None else self._stored_good(shown)
             return FileState(shown, digest, result.jobs, result.problems, last_good)

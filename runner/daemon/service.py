@@ -32,6 +32,7 @@ from runner.daemon.ui import Dashboard
 from runner.daemon.view import Conditions, DaemonView
 from runner.daemon.watch import FolderSync
 from runner.ductape.client import DuctapeClient
+from runner.jobs import parallel
 from runner.jobs import stored as jobs_stored
 from runner.jobs.loader import Defaults, Limits, LoadedJob
 from runner.jobs.model import Job
@@ -370,6 +371,7 @@ class Daemon(Shutdown, DuctapeAccess):
             defaults=Defaults(product=s.product, env=s.env),
             quiet_s=s.quiet_period_s,
             confirm_s=s.empty_folder_confirm_s,
+            parse_workers=parallel.workers_for(s.parse_workers),
         )
         if isinstance(self.store, LastGoodFiles):
             stored = self.store.load_last_good()

@@ -1,0 +1,171 @@
+"""Parsing job files in worker processes (a first start): the same jobs and problems as
+parsing them here, real `spawn`ed processes, and a fall-back when a worker cannot help."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.daemon.folder import FolderReconciler
+from runner.jobs import parallel
+from runner.jobs.loader import Defaults, FileResult, Limits, load_file
+from tests.daemon_helpers import DaemonProcess, wait_for
+from tests.emulator_fixture import RunningEmulator
+from tests.test_stored_jobs import VARIED, assert_same
+
+BROKEN = """\
+jobs:
+  - {name: ok1, kind: quota, tag: t, schedule: {cron: '0 * * * *'}}
+  - {name: bad, kind: quota, tag: t, schedule: {cron: '61 * * * *'}}
+"""
+
+
+def many(n: int, prefix: str) -> bytes:
+    lines = ["jobs:"]
+    for i in range(n):
+        lines.append(
+            f"  - {{name: {prefix}{i:04d}, kind: quota, product: p, env: dev, tag: t,"
+            f" schedule: {{cron: '{i % 60} * * * *', tz: Europe/Amsterdam}}}}"
+        )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def files_of(tmp_path: Path) -> list[tuple[str, bytes]]:
+    contents = {
+        "a.yaml": many(300, "a"),
+        "b.yaml": VARIED.encode(),
+        "c.yaml": BROKEN.encode(),
+        "d.yaml": many(200, "d"),
+        "e.yaml": b"jobs: [unclosed\n",
+        "f.yaml": many(250, "f"),
+    }
+    return [(str(tmp_path / name), data) for name, data in contents.items()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_give_the_same_jobs_and_problems_as_parsing_here(
+    tmp_path: Path, workers: int
+) -> None:
+    files = files_of(tmp_path)
+    for shown, data in files:
+        Path(shown).write_bytes(data)
+    parsed_here: list[str] = []
+
+    def here(shown: str, data: bytes) -> FileResult:
+        parsed_here.append(Path(shown).name)
+        return load_file(Path(shown), data=data)
+
+    got = parallel.load_files(files, Limits(), Defaults(), workers=workers, parse=here)
+    assert list(got) == [shown for shown, _ in files]  # in the files' order
+    # The valid files the workers took came back from them; the others were parsed
+    # here, from the end of the list, and the files with problems once more.
+    assert {"c.yaml", "e.yaml", "f.yaml"} <= set(parsed_here)
+    assert {"a.yaml", "b.yaml"}.isdisjoint(parsed_here)
+    for shown, data in files:
+        want = load_file(Path(shown), data=data)
+        assert got[shown].content_hash == want.content_hash
+        assert_same(got[shown].jobs, want.jobs)
+        assert [str(p) for p in got[shown].problems] == [str(p) for p in want.problems]
+    assert [str(p) for p in got[str(tmp_path / "c.yaml")].problems] == [
+        str(p) for p in load_file(tmp_path / "c.yaml", data=BROKEN.encode()).problems
+    ]
+    assert got[str(tmp_path / "c.yaml")].problems[0].line == 3
+
+
+@pytest.mark.parametrize(
+    "dies", ["sys.exit(3)", "sys.stdin.buffer.read(100); sys.exit(3)", "os.kill(os.getpid(), 9)"]
+)
+def test_workers_that_die_leave_their_files_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dies: str
+) -> None:
+    # The OOM killer, say: every file a dead worker held is parsed here, same result.
+    command = [sys.executable, "-c", f"import os, sys; {dies}"]
+    monkeypatch.setattr(parallel, "WORKER_COMMAND", command)
+    files = files_of(tmp_path)
+    got = parallel.load_files(files, Limits(), Defaults(), workers=2)
+    for shown, data in files:
+        assert_same(got[shown].jobs, load_file(Path(shown), data=data).jobs)
+
+
+def test_the_folder_parses_a_large_change_in_workers_with_the_same_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "jobs.d"
+    folder.mkdir()
+    for shown, data in files_of(folder):
+        Path(shown).write_bytes(data)
+    calls: list[int] = []
+    real = parallel.load_files
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(len(args[0]))  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    here = FolderReconciler(folder, quiet_s=0.0)
+    want = here.scan({}, deep=True)
+    pooled = FolderReconciler(folder, quiet_s=0.0, parse_workers=2)
+    pooled.parallel_min_bytes = 0
+    monkeypatch.setattr(parallel, "load_files", counted)
+    got = pooled.scan({}, deep=True)
+    current = {name: loaded.digest for name, loaded in got.desired.items()}
+    again = pooled.scan(current, deep=True)  # read again, unchanged: nothing to parse
+    assert calls == [6]
+    assert sorted(got.desired) == sorted(want.desired)
+    for name, loaded in got.desired.items():
+        assert_same([loaded], [want.desired[name]])
+    assert [str(p) for p in got.problems] == [str(p) for p in want.problems]
+    assert not again.changes
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_daemon_starts_on_a_large_folder_with_workers_and_runs_its_jobs(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    # 1.5 MiB of job files: over the size that starts workers (`python -m runner` is
+    # the main module they are spawned from, as under systemd).
+    d = DaemonProcess(tmp_path, emulator, env={"DUCTAPE_RUNNER_PARSE_WORKERS": "2"})
+    for f in range(12):
+        d.write_job(f"many-{f:02d}.yaml", many(1000, f"m{f:02d}-").decode())
+    d.write_job("broken.yaml", BROKEN)
+    d.write_job(
+        "soon.yaml",
+        "name: soon\nkind: quota\nproduct: p\nenv: dev\ntag: t\nschedule: {start_at: 0}\n",
+    )
+    assert sum(p.stat().st_size for p in d.jobs.iterdir()) > parallel.MIN_BYTES
+    try:
+        d.start()
+        [started] = d.events("daemon.started")
+        assert (started["jobs"], started["invalid_files"]) == (12 * 1000 + 1, 1)
+        [invalid] = d.events("file.invalid")
+        assert invalid["path"].endswith("broken.yaml")
+        assert (invalid["line"], invalid["field"]) == (3, "jobs[1].schedule.cron")
+        assert d.proc is not None and children_of(d.proc.pid) == []  # the workers are gone
+        wait_for(lambda: any(":soon:" in c["idempotency_key"] for c in emulator.calls()))
+    finally:
+        d.stop()
+
+
+def test_a_file_changed_since_it_was_read_is_parsed_from_the_bytes_read(tmp_path: Path) -> None:
+    # The workers read the files themselves (only a hash crosses the pipe): one that is
+    # not what the caller read is left to the caller, which parses what it read.
+    files = files_of(tmp_path)
+    for shown, data in files:
+        Path(shown).write_bytes(data.replace(b"tag: t", b"tag: changed"))
+    got = parallel.load_files(files, Limits(), Defaults(), workers=2)
+    for shown, data in files:
+        assert_same(got[shown].jobs, load_file(Path(shown), data=data).jobs)
+    assert {loaded.job.tag for loaded in got[files[0][0]].jobs} == {"t"}  # type: ignore[attr-defined]
