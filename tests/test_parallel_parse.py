@@ -3,6 +3,7 @@ parsing them here, real `spawn`ed processes, and a fall-back when a worker canno
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from runner.daemon.folder import FolderReconciler
 from runner.jobs import parallel
 from runner.jobs.loader import Defaults, FileResult, Limits, load_file
-from tests.daemon_helpers import DaemonProcess, wait_for
+from tests.daemon_helpers import DaemonProcess, cli, wait_for
 from tests.emulator_fixture import RunningEmulator
 from tests.test_stored_jobs import VARIED, assert_same
 
@@ -169,3 +170,29 @@ def test_a_file_changed_since_it_was_read_is_parsed_from_the_bytes_read(tmp_path
     for shown, data in files:
         assert_same(got[shown].jobs, load_file(Path(shown), data=data).jobs)
     assert {loaded.job.tag for loaded in got[files[0][0]].jobs} == {"t"}  # type: ignore[attr-defined]
+
+
+def test_check_gives_the_same_verdict_with_workers_as_without(tmp_path: Path) -> None:
+    # `ExecStartPre=ductape-runner check` reads the whole folder before every start.
+    folder = tmp_path / "jobs.d"
+    folder.mkdir()
+    for f in range(10):
+        (folder / f"many-{f:02d}.yaml").write_bytes(many(1000, f"m{f:02d}-"))
+    (folder / "broken.yaml").write_text(BROKEN)
+    (folder / "zz-again.yaml").write_text(  # a name another file took: the later file's problem
+        "name: m00-0001\nkind: quota\ntag: t\nschedule: {cron: '0 * * * *'}\n"
+    )
+    assert sum(p.stat().st_size for p in folder.iterdir()) > parallel.MIN_BYTES
+    runs = {
+        workers: cli("check", str(folder), "--format", "json", env={
+            "DUCTAPE_RUNNER_PARSE_WORKERS": workers, "DUCTAPE_RUNNER_LOG_JSON": "true"
+        })
+        for workers in ("0", "2")
+    }  # fmt: skip
+    assert runs["0"].returncode == runs["2"].returncode == 1
+    assert runs["0"].stdout == runs["2"].stdout
+    problems = json.loads(runs["2"].stdout)
+    assert [(Path(p["path"]).name, p["line"]) for p in problems] == [
+        ("broken.yaml", 3),
+        ("zz-again.yaml", 1),
+    ]

@@ -12,7 +12,8 @@ from typing import Any
 
 from runner import __version__
 from runner.errors import Problem, RunnerError
-from runner.jobs.loader import Defaults, Limits, load_folder
+from runner.jobs.loader import Defaults, FolderResult, Limits, load_folder
+from runner.jobs.parallel import workers_for as parallel_workers
 from runner.settings import Settings, SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -210,7 +211,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
     policy = SecretPolicy.from_settings(settings)
     defaults = Defaults(product=settings.product, env=settings.env, secrets=policy)
-    result = load_folder([p for p in paths if p.exists()], limits, defaults)
+    workers = parallel_workers(settings.parse_workers)
+    result = _load_checked([p for p in paths if p.exists()], limits, defaults, workers)
     problems += result.all_problems()
     jobs = sum(len(f.jobs) for f in result.files if f.ok)
     _print_problems(problems, args.format)
@@ -218,6 +220,31 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{len(result.files)} files, {jobs} valid jobs, {len(problems)} problems",
               file=sys.stderr)  # fmt: skip
     return 1 if problems else 0
+
+
+def _load_checked(
+    paths: list[Path], limits: Limits, defaults: Defaults, workers: int
+) -> FolderResult:
+    """`load_folder`, with parse workers beside this process when 1 MiB or more of files
+    is to be read (`ExecStartPre=ductape-runner check` before a large folder's start)."""
+    from runner.jobs import parallel
+    from runner.jobs.loader import discover, load_file, mark_duplicate_names, read_bounded
+    from runner.jobs.yamlsrc import SourceError
+
+    files = [f for path in paths for f in (discover(path) if path.is_dir() else [path])]
+    contents: list[tuple[str, bytes]] = []
+    for file in files:
+        try:
+            contents.append((str(file), read_bounded(file, limits)))
+        except SourceError:
+            continue  # load_file reports it, below
+    size = sum(len(data) for _, data in contents)
+    if workers < 1 or size < parallel.MIN_BYTES or len(set(files)) < len(files):
+        return load_folder(paths, limits, defaults)
+    parsed = parallel.load_files(contents, limits, defaults, workers=workers)
+    result = FolderResult([parsed.get(str(f)) or load_file(f, limits, defaults) for f in files])
+    mark_duplicate_names(result.files)
+    return result
 
 
 def _print_problems(problems: list[Problem], fmt: str) -> None:
