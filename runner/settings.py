@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     env: str | None = None
     max_file_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Processes that parse job files besides the daemon's, when 1 MiB or more changed at
-    # once (a first start): None is one per core; 0 parses in the daemon alone.
+    # once (a first start): None is one per core (at most 8); 0 parses in the daemon alone.
     parse_workers: int | None = Field(default=None, ge=0, le=64)
     history_retention_days: int = Field(default=30, ge=1)
     max_concurrent_runs: int = Field(default=64, ge=1)

@@ -4,6 +4,7 @@ parsing them here, real `spawn`ed processes, and a fall-back when a worker canno
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -196,3 +197,15 @@ def test_check_gives_the_same_verdict_with_workers_as_without(tmp_path: Path) ->
         ("broken.yaml", 3),
         ("zz-again.yaml", 1),
     ]
+
+
+def test_workers_are_one_per_core_at_most_eight_and_one_per_mib_at_most() -> None:
+    assert parallel.workers_for(3) == 3 and parallel.workers_for(0) == 0
+    assert 1 <= parallel.workers_for(None) <= min(len(os.sched_getaffinity(0)), 8)
+    mib = parallel.MIN_BYTES
+    assert [parallel.workers_to_start(8, size) for size in (mib, 2 * mib + 1, 20 * mib)] == [
+        1,
+        2,
+        8,
+    ]
+    assert parallel.workers_to_start(0, 20 * mib) == 0

@@ -241,6 +241,7 @@ def _load_checked(
     size = sum(len(data) for _, data in contents)
     if workers < 1 or size < parallel.MIN_BYTES or len(set(files)) < len(files):
         return load_folder(paths, limits, defaults)
+    workers = parallel.workers_to_start(workers, size)
     parsed = parallel.load_files(contents, limits, defaults, workers=workers)
     result = FolderResult([parsed.get(str(f)) or load_file(f, limits, defaults) for f in files])
     mark_duplicate_names(result.files)

@@ -178,11 +178,11 @@ class FolderReconciler:
             if self.validated.get(read.shown) == digest:
                 continue  # rebuilt from the state (a restart)
             todo.append((read.shown, data))
-        if len(todo) < 2 or sum(len(data) for _, data in todo) < self.parallel_min_bytes:
+        size = sum(len(data) for _, data in todo)
+        if len(todo) < 2 or size < self.parallel_min_bytes:
             return
-        self._parsed = parallel.load_files(
-            todo, self.limits, self.defaults, workers=self.parse_workers
-        )
+        workers = parallel.workers_to_start(self.parse_workers, size)
+        self._parsed = parallel.load_files(todo, self.limits, self.defaults, workers=workers)
 
     def plan(
         self,

@@ -49,14 +49,26 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 WORKER_COMMAND = [sys.executable, "-m", "runner.jobs.parallel"]
 
 
+# Each worker imports the job model (about 50 MB while it lives): on a large machine,
+# one per core would start dozens for a few MiB of files.
+MAX_WORKERS = 8
+
+
 def workers_for(setting: int | None) -> int:
-    """How many worker processes: the setting, or (None) one per core this process may use."""
+    """How many worker processes: the setting, or (None) one per core this process may
+    use, at most MAX_WORKERS."""
     if setting is not None:
         return setting
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return min(cores, MAX_WORKERS)
+
+
+def workers_to_start(workers: int, size: int) -> int:
+    """Of `workers`, how many to start for `size` bytes to parse: one per MiB at most."""
+    return min(workers, max(1, size // MIN_BYTES))
 
 
 def stored_form(shown: str, digest: str, limits: Limits, defaults: Defaults) -> bytes | None:
