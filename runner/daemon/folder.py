@@ -144,7 +144,10 @@ class FolderReconciler:
         for path in discover_names(real) if present else []:
             # Shown under the configured folder: stable across symlink swaps.
             shown = os.path.join(shown_base, path[cut:])  # noqa: PTH118 (strings: see discover_names)
-            reads.append((shown, self._read(path, shown, now_s, deep)))
+            got = self._read(path, shown, now_s, deep)
+            if isinstance(got, _Read) and not self._to_parse(got):
+                got = self._parse(got.shown, got.data, got.previous)  # as read (a restart)
+            reads.append((shown, got))
         self._parse_ahead([got for _, got in reads if isinstance(got, _Read)])
         try:
             for shown, got in reads:
@@ -162,22 +165,23 @@ class FolderReconciler:
             self._parsed.clear()
         return Reading(found, unsettled, present)
 
+    def _to_parse(self, read: _Read) -> bool:
+        """Whether `_parse` would parse the file (not unreadable, unchanged, or rebuilt
+        from the state): only those wait for `_parse_ahead`."""
+        data, previous = read.data, read.previous
+        if isinstance(data, SourceError):
+            return False
+        digest = hashlib.sha256(data).hexdigest()
+        if previous is not None and previous.content_hash == digest:
+            return False
+        return self.validated.get(read.shown) != digest
+
     def _parse_ahead(self, reads: list[_Read]) -> None:
         """Parse the files that `_parse` would, in worker processes too, when there is
         enough of them to be worth it (a first start, a large change)."""
         if self.parse_workers < 1 or len(reads) < 2:
             return
-        todo: list[tuple[str, bytes]] = []
-        for read in reads:
-            data, previous = read.data, read.previous
-            if isinstance(data, SourceError):
-                continue
-            digest = hashlib.sha256(data).hexdigest()
-            if previous is not None and previous.content_hash == digest:
-                continue
-            if self.validated.get(read.shown) == digest:
-                continue  # rebuilt from the state (a restart)
-            todo.append((read.shown, data))
+        todo = [(read.shown, read.data) for read in reads if isinstance(read.data, bytes)]
         size = sum(len(data) for _, data in todo)
         if len(todo) < 2 or size < self.parallel_min_bytes:
             return
