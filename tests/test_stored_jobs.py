@@ -165,6 +165,22 @@ def test_jobs_at_the_same_line_of_different_files_share_its_int() -> None:
     assert rebuilt(one, one[-1].path)[-1].line is two[-1].line  # and after a restart
 
 
+def test_rebuilt_jobs_share_their_int_values_as_validated_ones_do() -> None:
+    # Issue 12, memory per job: pickle gave each rebuilt job a `timeout` int of its own
+    # (36 B a job), where validation leaves every job the default's one object.
+    text = "jobs:\n" + "".join(
+        f"  - {{name: j{i}, kind: quota, tag: t{', timeout: 90s' if i % 2 else ''}}}\n"
+        for i in range(4)
+    )
+    jobs = load_file(Path("jobs.d/one.yaml"), data=text.encode()).jobs
+    again = rebuilt(jobs, jobs[0].path) + rebuilt(jobs, "jobs.d/two.yaml")
+    defaults = [loaded.job.timeout for loaded in again if loaded.job.timeout == 30_000]
+    given = [loaded.job.timeout for loaded in again if loaded.job.timeout == 90_000]
+    assert len(defaults) == len(given) == 4
+    assert all(t is defaults[0] for t in defaults) and all(t is given[0] for t in given)
+    assert_same(again[:4], jobs)
+
+
 def test_the_state_gives_back_the_loaded_jobs_own_name_and_hash_strings(tmp_path: Path) -> None:
     # Issue 12, memory per job: the row's copies, replaced by the jobs' own afterwards,
     # were freed among what stays (17 MB of holes after a 100,000-job restart).

@@ -23,7 +23,7 @@ from runner.jobs.model import (
     find_secret_refs,
 )
 from runner.jobs.secrets import SecretPolicy
-from runner.jobs.sharing import compact, known_schedule, shared_line
+from runner.jobs.sharing import compact, known_schedule, shared_int
 from runner.jobs.spelling import normalise
 from runner.jobs.tomlsrc import load_toml
 from runner.jobs.yamlsrc import Document, SourceError, load_yaml
@@ -272,7 +272,7 @@ def _validate_entry(
     if problems:
         result.problems.extend(_unique(problems))
         return
-    line = shared_line(doc.position(base)[0])
+    line = shared_int(doc.position(base)[0])
     digest = hashlib.sha256(job.model_dump_json(by_alias=True).encode()).hexdigest()
     result.jobs.append(LoadedJob(compact(job), result.path, line, digest))
 

@@ -96,15 +96,16 @@ def split_fields(cls: type, items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     return fields
 
 
-_LINES: dict[int, int] = {}
+_INTS: dict[int, int] = {}
 
 
-def shared_line(line: int) -> int:
-    """One int object per line number: a job's line above 256 was an int of its own, 2.3 MB
-    of 100,000 jobs in files of 1,000 (issue 12, memory per job)."""
-    if len(_LINES) >= _SHARED_MAX:
-        _LINES.clear()
-    return _LINES.setdefault(line, line)
+def shared_int(value: int) -> int:
+    """One int object per value: a job's line above 256 was an int of its own, 2.3 MB of
+    100,000 jobs in files of 1,000, and so was each rebuilt job's `timeout` (issue 12,
+    memory per job). Kept apart from `share`, where 1 == True would mix kinds."""
+    if len(_INTS) >= _SHARED_MAX:
+        _INTS.clear()
+    return _INTS.setdefault(value, value)
 
 
 def share(value: Any) -> Any:

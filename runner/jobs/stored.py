@@ -40,7 +40,7 @@ from runner.jobs.model import (
     StorageJob,
     WorkflowJob,
 )
-from runner.jobs.sharing import share, shared_line, split_fields
+from runner.jobs.sharing import share, shared_int, split_fields
 
 FORMAT = 1  # bump when the layout below changes
 _JOB_CLASSES: dict[str, type[BaseModel]] = {
@@ -166,17 +166,26 @@ def _jobs(
     # One loop, no call per job but the constructors: 100,000 jobs go through it.
     setattr_ = object.__setattr__
     jobs = []
+    # Where a shape's first row holds ints (a timeout): pickle gives each row an int of
+    # its own, which validation does not (36 B a job; issue 12, memory per job).
+    int_at: dict[int, list[int]] = {}
     for shape, row, fields_set, line, digest in rows:
         cls, keys, part_at = classes[shape]
         for i in part_at:
             if row[i] is not None:
                 row[i] = parts[row[i]]
+        ints = int_at.get(shape)
+        if ints is None:
+            ints = int_at[shape] = [i for i, value in enumerate(row) if type(value) is int]
+        for i in ints:
+            if type(row[i]) is int:
+                row[i] = shared_int(row[i])
         job = cls.__new__(cls)
         setattr_(job, "__dict__", split_fields(cls, zip(keys, row, strict=True)))
         setattr_(job, "__pydantic_fields_set__", given[fields_set])
         setattr_(job, "__pydantic_extra__", None)
         setattr_(job, "__pydantic_private__", None)
-        jobs.append(LoadedJob(job, path, shared_line(line), digest))
+        jobs.append(LoadedJob(job, path, shared_int(line), digest))
     return jobs
 
 
