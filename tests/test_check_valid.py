@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from runner.jobs.loader import Defaults, discover, is_job_file_name, load_file, load_folder
+from runner.jobs.loader import (
+    Defaults,
+    Limits,
+    discover,
+    is_job_file_name,
+    load_file,
+    load_folder,
+)
 from runner.jobs.model import ActionJob, Job, NotificationJob, WorkflowJob
 from runner.jobs.schema import render
 
@@ -289,3 +296,46 @@ def test_committed_schema_matches_the_model() -> None:
     assert committed == render(), (
         "schema drifted: run `ductape-runner schema > schemas/job.schema.json`"
     )
+
+
+def test_a_valid_file_is_parsed_without_every_place_and_still_places_each_job(
+    tmp_path: Path,
+) -> None:
+    # Issue 12 (start-up): a file is parsed first without the place of every key and
+    # value; each job's line must come out as with them, in every layout.
+    from runner.jobs.loader import parse_documents
+    from runner.jobs.yamlsrc import load_yaml
+
+    text = (
+        "# a comment\n"
+        "jobs:\n"
+        "  - name: a\n"
+        "    kind: quota\n"
+        "    tag: t\n"
+        "    schedule: {cron: '0 3 * * *', tz: UTC}\n"
+        "\n"
+        "  - {name: b, kind: quota, tag: t}\n"
+        "  -\n"
+        "    name: c\n"
+        "    kind: quota\n"
+        "    tag: t\n"
+    )
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    result = load_file(path)
+    assert not result.problems
+    assert [(j.job.name, j.line) for j in result.jobs] == [("a", 3), ("b", 8), ("c", 10)]
+    fast = parse_documents(path, text, Limits(), positions=False)
+    assert [d.data for d in fast] == [d.data for d in load_yaml(text)]
+    assert not fast[0].keys and len(fast[0].values) == 5  # the root, jobs and each job
+
+
+def test_a_file_with_a_problem_is_placed_exactly_after_the_quick_parse(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("jobs:\n  - name: a\n    kind: quota\n    tag: t\n    tag: u\n")
+    [problem] = load_file(path).problems
+    assert (problem.line, problem.field) == (5, "jobs[0].tag")
+    assert "first at line 4" in problem.message
+    path.write_text("jobs:\n  - name: a\n    kind: quota\n    tag: t\n    retries: lots\n")
+    [problem] = load_file(path).problems
+    assert (problem.line, problem.column, problem.field) == (5, 14, "jobs[0].retries")

@@ -175,10 +175,14 @@ def _line_col(data: bytes, offset: int) -> tuple[int, int]:
     return line, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
 
 
-def parse_documents(path: Path, text: str, limits: Limits) -> list[Document]:
+def parse_documents(
+    path: Path, text: str, limits: Limits, *, positions: bool = True
+) -> list[Document]:
     if path.suffix == ".toml":
         return [load_toml(text, max_depth=limits.max_depth)]
-    docs = load_yaml(text, max_depth=limits.max_depth, max_nodes=limits.max_nodes)
+    docs = load_yaml(
+        text, max_depth=limits.max_depth, max_nodes=limits.max_nodes, positions=positions
+    )
     return [d for d in docs if d.data is not None]
 
 
@@ -190,12 +194,38 @@ def load_file(
 ) -> FileResult:
     """Read, parse and validate one job file; never raises for bad content."""
     shown = str(path)
-    result = FileResult(shown)
+    content_hash = ""
     try:
         raw = read_bounded(path, limits) if data is None else data
-        result.content_hash = hashlib.sha256(raw).hexdigest()
+        content_hash = hashlib.sha256(raw).hexdigest()
         text = decode(raw)
-        docs = parse_documents(path, text, limits)
+    except SourceError as exc:
+        result = FileResult(shown, content_hash=content_hash)
+        result.problems.append(Problem(shown, exc.line, exc.column, _dotted(exc.path), exc.message))
+        return result
+    # Parsed without the place of every key and value first: a valid file (most are)
+    # needs only where each job starts (issue 12: a 100,000-job first start). A file with
+    # any problem is parsed and validated again with them, to place its problems.
+    result = _load(path, shown, text, content_hash, limits, defaults, positions=False)
+    if result.problems:
+        result = _load(path, shown, text, content_hash, limits, defaults, positions=True)
+    return result
+
+
+def _load(
+    path: Path,
+    shown: str,
+    text: str,
+    content_hash: str,
+    limits: Limits,
+    defaults: Defaults,
+    *,
+    positions: bool,
+) -> FileResult:
+    result = FileResult(shown)
+    result.content_hash = content_hash
+    try:
+        docs = parse_documents(path, text, limits, positions=positions)
     except SourceError as exc:
         result.problems.append(Problem(shown, exc.line, exc.column, _dotted(exc.path), exc.message))
         return result

@@ -67,10 +67,15 @@ def _mark(event: yaml.Event) -> Position:
 
 
 class _Builder:
-    def __init__(self, loader: yaml.SafeLoader, max_depth: int, max_nodes: int) -> None:
+    def __init__(
+        self, loader: yaml.SafeLoader, max_depth: int, max_nodes: int, positions: bool = True
+    ) -> None:
         self.loader = loader
         self.max_depth = max_depth
         self.max_nodes = max_nodes
+        # Without positions only collections at depth 2 or less are placed (where a job
+        # starts); see load_yaml.
+        self.positions = positions
         self.nodes = 0
         self.stack: list[_Frame] = []
         self.anchors: dict[str, tuple[Any, int]] = {}
@@ -118,6 +123,8 @@ class _Builder:
 
     def _record(self, path: Path, event: yaml.Event) -> None:
         assert self.doc is not None
+        if not self.positions and len(path) > 2:
+            return
         top = self.stack[-1] if self.stack else None
         if top is None or top.kind == "seq" or top.has_key:
             self.doc.values.setdefault(path, _mark(event))
@@ -149,7 +156,8 @@ class _Builder:
             line, col = _mark(event)
             first = self.doc.keys.get(path, (0, 0))[0]
             raise SourceError(f"duplicate key '{key}' (first at line {first})", line, col, path)
-        self.doc.keys.setdefault(path, _mark(event))
+        if self.positions:
+            self.doc.keys.setdefault(path, _mark(event))
         top.pending_key, top.pending_path, top.has_key = key, path, True
 
     def _set_item(self, top: _Frame, value: Any) -> None:
@@ -180,15 +188,20 @@ class _Builder:
         assert doc is not None
         top.weight += 1
         mark: Any = event.start_mark
+        positions = self.positions
         if top.kind == "seq":
-            doc.values.setdefault((*top.path, len(top.value)), (mark.line + 1, mark.column + 1))
+            if positions:
+                place = (mark.line + 1, mark.column + 1)
+                doc.values.setdefault((*top.path, len(top.value)), place)
             top.value.append(value)
         elif top.has_key:
-            doc.values.setdefault(top.pending_path, (mark.line + 1, mark.column + 1))
+            if positions:
+                doc.values.setdefault(top.pending_path, (mark.line + 1, mark.column + 1))
             self._set_item(top, value)
         elif value.__class__ is str and value not in top.value:
             path = (*top.path, value)  # a new string key: _take_key's common case
-            doc.keys.setdefault(path, (mark.line + 1, mark.column + 1))
+            if positions:
+                doc.keys.setdefault(path, (mark.line + 1, mark.column + 1))
             top.pending_key, top.pending_path, top.has_key = value, path, True
         else:
             self._take_key(top, value, event)  # keys need no value position
@@ -261,10 +274,19 @@ def _merge(target: dict[Any, Any], value: Any) -> None:
                 target.setdefault(key, item)
 
 
-def load_yaml(text: str, *, max_depth: int = 32, max_nodes: int = 100_000) -> list[Document]:
-    """Parse every document in `text`; raise SourceError with a position on any problem."""
+def load_yaml(
+    text: str, *, max_depth: int = 32, max_nodes: int = 100_000, positions: bool = True
+) -> list[Document]:
+    """Parse every document in `text`; raise SourceError with a position on any problem.
+
+    `positions=False` places only the documents and the collections at depth 2 or less
+    (each job's start), not every key and value: a quarter less work for a file that
+    turns out valid (issue 12, start-up). A caller that finds a problem parses again
+    with positions to place it; a SourceError raised without them may name the wrong
+    line for a duplicate key's first use.
+    """
     loader = _Loader(text)
-    builder = _Builder(loader, max_depth, max_nodes)
+    builder = _Builder(loader, max_depth, max_nodes, positions)
     docs: list[Document] = []
     try:
         while True:
