@@ -173,6 +173,23 @@ def test_a_file_changed_since_it_was_read_is_parsed_from_the_bytes_read(tmp_path
     assert {loaded.job.tag for loaded in got[files[0][0]].jobs} == {"t"}  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("swap", ["fifo", "huge"])
+def test_a_fifo_or_a_huge_file_swapped_in_is_not_read_by_the_workers(
+    tmp_path: Path, swap: str
+) -> None:
+    # Read bounded and without blocking, as the daemon reads: a FIFO put in a file's
+    # place after the daemon read it would have held a worker (and the start) forever.
+    files = files_of(tmp_path)
+    for shown, _ in files:
+        if swap == "fifo":
+            os.mkfifo(shown)
+        else:
+            Path(shown).write_bytes(b"x" * (Limits().max_file_bytes + 10))
+    got = parallel.load_files(files, Limits(), Defaults(), workers=2)
+    for shown, data in files:
+        assert_same(got[shown].jobs, load_file(Path(shown), data=data).jobs)
+
+
 def test_check_gives_the_same_verdict_with_workers_as_without(tmp_path: Path) -> None:
     # `ExecStartPre=ductape-runner check` reads the whole folder before every start.
     folder = tmp_path / "jobs.d"

@@ -37,7 +37,8 @@ from typing import IO, Any
 import structlog
 
 from runner.jobs import stored
-from runner.jobs.loader import Defaults, FileResult, Limits, LoadedJob, load_file
+from runner.jobs.loader import Defaults, FileResult, Limits, LoadedJob, load_file, read_bounded
+from runner.jobs.yamlsrc import SourceError
 
 log = structlog.get_logger("runner.folder")
 
@@ -76,9 +77,9 @@ def stored_form(shown: str, digest: str, limits: Limits, defaults: Defaults) -> 
     caller's bytes are not sent, only their hash: a file that changed since the caller
     read it is left to the caller). None if it has problems, changed, or cannot be
     stored: the caller parses it and reports what it finds."""
-    try:
-        data = Path(shown).read_bytes()
-    except OSError:
+    try:  # bounded and non-blocking: a FIFO or a huge file swapped in meanwhile is refused
+        data = read_bounded(Path(shown), limits)
+    except SourceError:
         return None
     if hashlib.sha256(data).hexdigest() != digest:
         return None
