@@ -173,6 +173,31 @@ def test_a_file_changed_since_it_was_read_is_parsed_from_the_bytes_read(tmp_path
     assert {loaded.job.tag for loaded in got[files[0][0]].jobs} == {"t"}  # type: ignore[attr-defined]
 
 
+def test_what_a_worker_prints_does_not_reach_the_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A log line or a library's notice on stdout would have been read as an answer.
+    code = (
+        "import builtins, runner.jobs.parallel as p; real = p.stored_form\n"
+        "def noisy(*a):\n    print('noise'); return real(*a)\n"
+        "p.stored_form = noisy; p._serve()\n"
+    )
+    monkeypatch.setattr(parallel, "WORKER_COMMAND", [sys.executable, "-c", code])
+    files = files_of(tmp_path)
+    for shown, data in files:
+        Path(shown).write_bytes(data)
+    parsed_here: list[str] = []
+
+    def here(shown: str, data: bytes) -> FileResult:
+        parsed_here.append(Path(shown).name)
+        return load_file(Path(shown), data=data)
+
+    got = parallel.load_files(files, Limits(), Defaults(), workers=2, parse=here)
+    for shown, data in files:
+        assert_same(got[shown].jobs, load_file(Path(shown), data=data).jobs)
+    assert {"a.yaml", "b.yaml"}.isdisjoint(parsed_here)  # answered by the workers
+
+
 @pytest.mark.parametrize("swap", ["fifo", "huge"])
 def test_a_fifo_or_a_huge_file_swapped_in_is_not_read_by_the_workers(
     tmp_path: Path, swap: str

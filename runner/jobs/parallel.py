@@ -46,6 +46,7 @@ log = structlog.get_logger("runner.folder")
 # takes about 0.3 s to import the job model; a 1 MiB folder parses in about 0.5 s).
 MIN_BYTES = 1024 * 1024
 _FRAME = struct.Struct("!Q")
+_MAX_FRAME = 1 << 30
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 WORKER_COMMAND = [sys.executable, "-m", "runner.jobs.parallel"]
 
@@ -100,6 +101,8 @@ def _receive(stream: IO[bytes]) -> Any:
     if len(head) < _FRAME.size:
         raise EOFError("the worker closed its pipe")
     (size,) = _FRAME.unpack(head)
+    if size > _MAX_FRAME:
+        raise EOFError(f"a frame of {size} bytes: not a frame")
     frame = stream.read(size)
     if len(frame) < size:
         raise EOFError("the worker closed its pipe mid-answer")
@@ -109,7 +112,11 @@ def _receive(stream: IO[bytes]) -> Any:
 def _serve() -> None:
     """A worker's loop: (path, digest, limits, defaults) in, stored form or None out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    # Answers go out on the original stdout alone: anything printed (a log line, a
+    # library's notice) goes to stderr, not into the frames.
+    stdin, stdout = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     while True:
         try:
             request = _receive(stdin)
