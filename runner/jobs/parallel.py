@@ -141,7 +141,7 @@ class _Worker:
         try:
             while True:
                 answers.put((self, _receive(self.proc.stdout)))
-        except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+        except Exception:  # whatever it was, the caller must hear of it (or wait forever)
             answers.put((self, _GONE))
 
 
