@@ -137,8 +137,8 @@ def children_of(pid: int) -> list[int]:
 def test_a_daemon_starts_on_a_large_folder_with_workers_and_runs_its_jobs(
     tmp_path: Path, emulator: RunningEmulator
 ) -> None:
-    # 1.5 MiB of job files: over the size that starts workers (`python -m runner` is
-    # the main module they are spawned from, as under systemd).
+    # 1.5 MiB of job files: over the size that starts a worker (one per MiB), started
+    # by the real daemon as it is under systemd.
     d = DaemonProcess(tmp_path, emulator, env={"DUCTAPE_RUNNER_PARSE_WORKERS": "2"})
     for f in range(12):
         d.write_job(f"many-{f:02d}.yaml", many(1000, f"m{f:02d}-").decode())
