@@ -46,6 +46,23 @@ def files_of(tmp_path: Path) -> list[tuple[str, bytes]]:
     return [(str(tmp_path / name), data) for name, data in contents.items()]
 
 
+def load_noting_here(
+    files: list[tuple[str, bytes]], workers: int
+) -> tuple[dict[str, FileResult], list[str]]:
+    """`load_files` on these few KiB with workers all the same (no bytes-per-worker
+    bound), and the names of the files this process parsed itself."""
+    parsed_here: list[str] = []
+
+    def here(shown: str, data: bytes) -> FileResult:
+        parsed_here.append(Path(shown).name)
+        return load_file(Path(shown), data=data)
+
+    got = parallel.load_files(
+        files, Limits(), Defaults(), workers=workers, per_worker=0, parse=here
+    )
+    return got, parsed_here
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_workers_give_the_same_jobs_and_problems_as_parsing_here(
     tmp_path: Path, workers: int
@@ -53,13 +70,7 @@ def test_workers_give_the_same_jobs_and_problems_as_parsing_here(
     files = files_of(tmp_path)
     for shown, data in files:
         Path(shown).write_bytes(data)
-    parsed_here: list[str] = []
-
-    def here(shown: str, data: bytes) -> FileResult:
-        parsed_here.append(Path(shown).name)
-        return load_file(Path(shown), data=data)
-
-    got = parallel.load_files(files, Limits(), Defaults(), workers=workers, parse=here)
+    got, parsed_here = load_noting_here(files, workers)
     assert list(got) == [shown for shown, _ in files]  # in the files' order
     # The valid files the workers took came back from them; the others were parsed
     # here, from the end of the list, and the files with problems once more.
@@ -86,7 +97,7 @@ def test_workers_that_die_leave_their_files_to_this_process(
     command = [sys.executable, "-c", f"import os, sys; {dies}"]
     monkeypatch.setattr(parallel, "WORKER_COMMAND", command)
     files = files_of(tmp_path)
-    got = parallel.load_files(files, Limits(), Defaults(), workers=2)
+    got = parallel.load_files(files, Limits(), Defaults(), workers=2, per_worker=0)
     for shown, data in files:
         assert_same(got[shown].jobs, load_file(Path(shown), data=data).jobs)
 
@@ -167,7 +178,7 @@ def test_a_file_changed_since_it_was_read_is_parsed_from_the_bytes_read(tmp_path
     files = files_of(tmp_path)
     for shown, data in files:
         Path(shown).write_bytes(data.replace(b"tag: t", b"tag: changed"))
-    got = parallel.load_files(files, Limits(), Defaults(), workers=2)
+    got = parallel.load_files(files, Limits(), Defaults(), workers=2, per_worker=0)
     for shown, data in files:
         assert_same(got[shown].jobs, load_file(Path(shown), data=data).jobs)
     assert {loaded.job.tag for loaded in got[files[0][0]].jobs} == {"t"}  # type: ignore[attr-defined]
@@ -186,13 +197,7 @@ def test_what_a_worker_prints_does_not_reach_the_frames(
     files = files_of(tmp_path)
     for shown, data in files:
         Path(shown).write_bytes(data)
-    parsed_here: list[str] = []
-
-    def here(shown: str, data: bytes) -> FileResult:
-        parsed_here.append(Path(shown).name)
-        return load_file(Path(shown), data=data)
-
-    got = parallel.load_files(files, Limits(), Defaults(), workers=2, parse=here)
+    got, parsed_here = load_noting_here(files, 2)
     for shown, data in files:
         assert_same(got[shown].jobs, load_file(Path(shown), data=data).jobs)
     assert {"a.yaml", "b.yaml"}.isdisjoint(parsed_here)  # answered by the workers
@@ -210,7 +215,7 @@ def test_a_fifo_or_a_huge_file_swapped_in_is_not_read_by_the_workers(
             os.mkfifo(shown)
         else:
             Path(shown).write_bytes(b"x" * (Limits().max_file_bytes + 10))
-    got = parallel.load_files(files, Limits(), Defaults(), workers=2)
+    got = parallel.load_files(files, Limits(), Defaults(), workers=2, per_worker=0)
     for shown, data in files:
         assert_same(got[shown].jobs, load_file(Path(shown), data=data).jobs)
 

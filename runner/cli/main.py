@@ -12,8 +12,8 @@ from typing import Any
 
 from runner import __version__
 from runner.errors import Problem, RunnerError
+from runner.jobs import parallel
 from runner.jobs.loader import Defaults, FolderResult, Limits, load_folder
-from runner.jobs.parallel import workers_for as parallel_workers
 from runner.settings import Settings, SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -211,7 +211,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
     policy = SecretPolicy.from_settings(settings)
     defaults = Defaults(product=settings.product, env=settings.env, secrets=policy)
-    workers = parallel_workers(settings.parse_workers)
+    workers = parallel.workers_for(settings.parse_workers)
     result = _load_checked([p for p in paths if p.exists()], limits, defaults, workers)
     problems += result.all_problems()
     jobs = sum(len(f.jobs) for f in result.files if f.ok)
@@ -227,21 +227,18 @@ def _load_checked(
 ) -> FolderResult:
     """`load_folder`, with parse workers beside this process when 1 MiB or more of files
     is to be read (`ExecStartPre=ductape-runner check` before a large folder's start)."""
-    from runner.jobs import parallel
     from runner.jobs.loader import discover, load_file, mark_duplicate_names, read_bounded
     from runner.jobs.yamlsrc import SourceError
 
     files = [f for path in paths for f in (discover(path) if path.is_dir() else [path])]
+    if len(set(files)) < len(files):  # a file named twice: its jobs clash, as they did
+        return load_folder(paths, limits, defaults)
     contents: list[tuple[str, bytes]] = []
     for file in files:
         try:
             contents.append((str(file), read_bounded(file, limits)))
         except SourceError:
             continue  # load_file reports it, below
-    size = sum(len(data) for _, data in contents)
-    if workers < 1 or size < parallel.MIN_BYTES or len(set(files)) < len(files):
-        return load_folder(paths, limits, defaults)
-    workers = parallel.workers_to_start(workers, size)
     parsed = parallel.load_files(contents, limits, defaults, workers=workers)
     result = FolderResult([parsed.get(str(f)) or load_file(f, limits, defaults) for f in files])
     mark_duplicate_names(result.files)

@@ -73,6 +73,7 @@ class _Read:
     shown: str
     data: bytes | SourceError
     previous: FileState | None
+    digest: str | None = None  # of `data`, once `_to_parse` has hashed it
 
 
 class FolderReconciler:
@@ -146,13 +147,13 @@ class FolderReconciler:
             shown = os.path.join(shown_base, path[cut:])  # noqa: PTH118 (strings: see discover_names)
             got = self._read(path, shown, now_s, deep)
             if isinstance(got, _Read) and not self._to_parse(got):
-                got = self._parse(got.shown, got.data, got.previous)  # as read (a restart)
+                got = self._parse(got.shown, got.data, got.previous, got.digest)  # as read
             reads.append((shown, got))
         self._parse_ahead([got for _, got in reads if isinstance(got, _Read)])
         try:
             for shown, got in reads:
                 state = (
-                    self._parse(got.shown, got.data, got.previous)
+                    self._parse(got.shown, got.data, got.previous, got.digest)
                     if isinstance(got, _Read)
                     else got
                 )
@@ -171,22 +172,24 @@ class FolderReconciler:
         data, previous = read.data, read.previous
         if isinstance(data, SourceError):
             return False
-        digest = hashlib.sha256(data).hexdigest()
+        digest = read.digest = hashlib.sha256(data).hexdigest()
         if previous is not None and previous.content_hash == digest:
             return False
         return self.validated.get(read.shown) != digest
 
     def _parse_ahead(self, reads: list[_Read]) -> None:
-        """Parse the files that `_parse` would, in worker processes too, when there is
+        """Parse the files that `_parse` would, in worker processes too when there is
         enough of them to be worth it (a first start, a large change)."""
-        if self.parse_workers < 1 or len(reads) < 2:
-            return
         todo = [(read.shown, read.data) for read in reads if isinstance(read.data, bytes)]
-        size = sum(len(data) for _, data in todo)
-        if len(todo) < 2 or size < self.parallel_min_bytes:
-            return
-        workers = parallel.workers_to_start(self.parse_workers, size)
-        self._parsed = parallel.load_files(todo, self.limits, self.defaults, workers=workers)
+        if not todo:
+            return  # nothing changed
+        self._parsed = parallel.load_files(
+            todo,
+            self.limits,
+            self.defaults,
+            workers=self.parse_workers,
+            per_worker=self.parallel_min_bytes,
+        )
 
     def plan(
         self,
@@ -325,14 +328,18 @@ class FolderReconciler:
         return last is not None and last != (before.dev, before.ino)
 
     def _parse(
-        self, shown: str, data: bytes | SourceError, previous: FileState | None
+        self,
+        shown: str,
+        data: bytes | SourceError,
+        previous: FileState | None,
+        digest: str | None = None,
     ) -> FileState:
         last_good = None if previous is None else previous.last_good_jobs
         if isinstance(data, SourceError):
             problem = Problem(shown, data.line, data.column, "", data.message)
             last_good = last_good if last_good is not None else self._stored_good(shown)
             return FileState(shown, "", [], [problem], last_good)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = digest or hashlib.sha256(data).hexdigest()
         if previous is not None and previous.content_hash == digest:
             return previous  # only changed files are parsed
         jobs = self._validated(shown, digest)

@@ -42,8 +42,8 @@ from runner.jobs.yamlsrc import SourceError
 
 log = structlog.get_logger("runner.folder")
 
-# Below this much to parse, one process is quicker than starting workers (a worker
-# takes about 0.3 s to import the job model; a 1 MiB folder parses in about 0.5 s).
+# One worker for each this much to parse: below it, one process is quicker than starting
+# one (a worker takes about 0.3 s to import the job model; 1 MiB parses in about 0.5 s).
 MIN_BYTES = 1024 * 1024
 _FRAME = struct.Struct("!Q")
 _MAX_FRAME = 1 << 30
@@ -68,9 +68,10 @@ def workers_for(setting: int | None) -> int:
     return min(cores, MAX_WORKERS)
 
 
-def workers_to_start(workers: int, size: int) -> int:
-    """Of `workers`, how many to start for `size` bytes to parse: one per MiB at most."""
-    return min(workers, max(1, size // MIN_BYTES))
+def workers_to_start(workers: int, size: int, per_worker: int = MIN_BYTES) -> int:
+    """Of `workers`, how many to start for `size` bytes to parse: one per `per_worker`
+    bytes at most, so none below it (0: no such bound)."""
+    return min(workers, size // per_worker) if per_worker > 0 else workers
 
 
 def stored_form(shown: str, digest: str, limits: Limits, defaults: Defaults) -> bytes | None:
@@ -131,7 +132,7 @@ _GONE = object()  # a worker's answer when it died
 @dataclass(eq=False)
 class _Worker:
     proc: subprocess.Popen[bytes]
-    given: deque[tuple[str, bytes]] = field(default_factory=deque)
+    given: deque[tuple[str, bytes, str]] = field(default_factory=deque)  # path, bytes, hash
     reader: threading.Thread | None = None
 
     def read_answers(self, answers: queue.SimpleQueue[tuple[_Worker, object]]) -> None:
@@ -169,16 +170,19 @@ def load_files(
     defaults: Defaults,
     *,
     workers: int,
+    per_worker: int = MIN_BYTES,
     parse: Callable[[str, bytes], FileResult] | None = None,
 ) -> dict[str, FileResult]:
     """Parse and validate `files` ((shown path, content) each): path -> FileResult, the
-    same as `load_file` gives for each. Uses `workers` processes besides this one."""
+    same as `load_file` gives for each. Uses up to `workers` processes besides this
+    one, one per `per_worker` bytes of files (`workers_to_start`): none for a few files."""
 
     def here(shown: str, data: bytes) -> FileResult:
         if parse is not None:
             return parse(shown, data)
         return load_file(Path(shown), limits, defaults, data=data)
 
+    workers = workers_to_start(workers, sum(len(data) for _, data in files), per_worker)
     if workers < 1 or len(files) < 2:
         return {shown: here(shown, data) for shown, data in files}
     results: dict[str, FileResult] = {}
@@ -193,8 +197,8 @@ def load_files(
         while len(worker.given) < 2 and first < last and worker in pool:
             shown, data = files[first]
             first += 1
-            worker.given.append((shown, data))
             digest = hashlib.sha256(data).hexdigest()
+            worker.given.append((shown, data, digest))
             try:
                 assert worker.proc.stdin is not None
                 _send(worker.proc.stdin, (shown, digest, limits, defaults))
@@ -207,7 +211,7 @@ def load_files(
             pool.remove(worker)
             _stop(worker)
             log.debug("file.worker_lost", files=len(worker.given))
-            for shown, data in worker.given:
+            for shown, data, _ in worker.given:
                 results[shown] = here(shown, data)
             worker.given.clear()
 
@@ -215,8 +219,8 @@ def load_files(
         if form is _GONE:
             drop(worker)
         elif worker in pool:
-            shown, data = worker.given.popleft()
-            results[shown] = _rebuilt(shown, data, form, here)
+            shown, data, digest = worker.given.popleft()
+            results[shown] = _rebuilt(shown, data, digest, form, here)
             give(worker)
 
     try:
@@ -255,7 +259,11 @@ def _stop(worker: _Worker) -> None:
 
 
 def _rebuilt(
-    shown: str, data: bytes, form: object, here: Callable[[str, bytes], FileResult]
+    shown: str,
+    data: bytes,
+    digest: str,
+    form: object,
+    here: Callable[[str, bytes], FileResult],
 ) -> FileResult:
     jobs: list[LoadedJob] | None = None
     if isinstance(form, bytes):
@@ -265,7 +273,7 @@ def _rebuilt(
             log.debug("file.parsed_here", path=shown, reason=str(exc))
     if jobs is None:  # problems (found again here, with their lines), or not storable
         return here(shown, data)
-    return FileResult(shown, content_hash=hashlib.sha256(data).hexdigest(), jobs=jobs)
+    return FileResult(shown, content_hash=digest, jobs=jobs)
 
 
 if __name__ == "__main__":
