@@ -1,9 +1,13 @@
 """The APScheduler 3 side of bench/harness.py: one process, AsyncIOScheduler, date triggers.
 
     .venv/bin/python bench/aps_worker.py --base-url URL --instants FILE [--client aiohttp]
+        [--scheduler none]
 
 Reads scheduled instants (JSON list of epoch milliseconds, one job each), adds one date
-job per instant, starts the scheduler and prints `ready` on stdout. Each job encrypts
+job per instant, starts the scheduler and prints `ready` on stdout. `--scheduler none`
+is the floor under any scheduler that calls through the same client: no scheduler
+library at all, one `loop.call_at` per instant on the bare asyncio loop, each starting
+the same call (no job store, no misfire checks, nothing written, nothing logged). Each job encrypts
 the same payload the runner sends and POSTs it with httpx (default) or aiohttp, as a
 careful user would: one client for the process, 16 connections and at most 64 calls at
 once (the runner's defaults), with the key `apscheduler:<job>:<scheduled ms>`, so
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import json
 import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -120,9 +125,35 @@ async def fire(key: str) -> None:
     await CALLER(key)
 
 
-async def main_async(base_url: str, instants: list[int], client: str) -> dict[str, int]:
+def schedule_bare(instants: list[int]) -> None:
+    """One loop.call_at per instant, each creating the job's task: the least any asyncio
+    program can do to start a call at an instant (wall clock mapped to the loop's)."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def start(key: str) -> None:
+        task = loop.create_task(fire(key))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    offset = loop.time() - time.time()
+    for i, ms in enumerate(instants):
+        loop.call_at(ms / 1000 + offset, start, f"asyncio:b{i:06d}:{ms}")
+
+
+async def main_async(
+    base_url: str, instants: list[int], client: str, scheduler_name: str = "apscheduler"
+) -> dict[str, int]:
     global CALLER
     caller = CALLER = CALLERS[client](base_url)
+    if scheduler_name == "none":
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        schedule_bare(instants)
+        print("ready", flush=True)
+        await stop.wait()
+        await caller.aclose()
+        return {"ok": caller.ok, "errors": caller.errors}
     # misfire_grace_time=None: a late job still runs (and its lateness is measured)
     # instead of being dropped after APScheduler's default 1 s grace.
     scheduler = AsyncIOScheduler(
@@ -153,9 +184,10 @@ def main() -> None:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--instants", type=Path, required=True)
     parser.add_argument("--client", choices=sorted(CALLERS), default="httpx")
+    parser.add_argument("--scheduler", choices=["apscheduler", "none"], default="apscheduler")
     args = parser.parse_args()
     instants = json.loads(args.instants.read_text())
-    summary = asyncio.run(main_async(args.base_url, instants, args.client))
+    summary = asyncio.run(main_async(args.base_url, instants, args.client, args.scheduler))
     print(json.dumps(summary), flush=True)
 
 

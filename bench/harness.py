@@ -13,7 +13,10 @@ process (`python -m runner.ductape.emulator`, access log off) and one scheduler 
 - apscheduler: bench/aps_worker.py, AsyncIOScheduler with one date job per instant,
   each POSTing the same encrypted call through httpx ("apscheduler") and, as a second
   peer in the same run, through aiohttp ("apscheduler+aiohttp"): a user picks the best
-  client available (`--peers` chooses).
+  client available (`--peers` chooses). `--peers bare` adds "asyncio+aiohttp": the
+  same worker with no scheduler library (`--scheduler none`, one `loop.call_at` per
+  instant), the floor under anything that calls through aiohttp: a measure of what
+  the client alone costs, not a scheduler a user would run.
 
 The scheduler starts well before the first instant (warm-up: the daemon's
 `daemon.started` log line, the worker's `ready`), then the harness waits for every call.
@@ -57,7 +60,13 @@ from runner.ductape import emulator as emu
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_PER_FILE = 1000
 CALLS_PATH = "/_emulator/calls"
-PEER_SIDES = {"httpx": "apscheduler", "aiohttp": "apscheduler+aiohttp"}
+PEER_SIDES = {"httpx": "apscheduler", "aiohttp": "apscheduler+aiohttp", "bare": "asyncio+aiohttp"}
+# Each peer side: the worker's HTTP client and scheduler.
+PEER_WORKER = {
+    "apscheduler": ("httpx", "apscheduler"),
+    "apscheduler+aiohttp": ("aiohttp", "apscheduler"),
+    "asyncio+aiohttp": ("aiohttp", "none"),
+}
 
 
 @dataclass(frozen=True)
@@ -208,13 +217,14 @@ def start_runner(
 
 
 def start_aps(
-    tmp: Path, url: str, instants: list[int], client: str
+    tmp: Path, url: str, instants: list[int], side: str
 ) -> tuple[subprocess.Popen[bytes], Path]:
+    client, scheduler = PEER_WORKER[side]
     source = tmp / "instants.json"
     source.write_text(json.dumps(instants))
     log = tmp / "aps.log"
     command = [sys.executable, str(ROOT / "bench" / "aps_worker.py"), "--base-url", url]
-    command += ["--client", client]
+    command += ["--client", client, "--scheduler", scheduler]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*command, "--instants", str(source)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
@@ -294,8 +304,7 @@ def measure(side: str, work: Workload, profile: Path | None) -> Result:
             proc, log = start_runner(tmp, url, profile)
             ready = '"daemon.started"'
         else:
-            client = next(c for c, name in PEER_SIDES.items() if name == side)
-            proc, log = start_aps(tmp, url, instants, client)
+            proc, log = start_aps(tmp, url, instants, side)
             ready = "ready"
         ps = psutil.Process(proc.pid)
         wait_for_line(log, ready, proc, limit_s=lead_s(work.jobs) + 60)
@@ -348,7 +357,7 @@ def count_errors(side: str, log: Path, calls: list[dict[str, Any]]) -> int:
     """Calls that did not succeed: non-ok outcomes at the emulator, plus client-side errors."""
     bad = sum(1 for c in calls if c["outcome"] != "ok")
     lines = log.read_text(errors="replace").splitlines()
-    if side.startswith("apscheduler"):
+    if side in PEER_WORKER:
         summary = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
         return bad + int(summary.get("errors", 0))
     for line in lines:
@@ -394,7 +403,7 @@ def table(results: list[Result]) -> str:
 
 
 def ratios(results: list[Result]) -> str:
-    """APScheduler / runner for each workload run on both sides (> 1: the runner is better)."""
+    """Peer / runner for each workload run on both sides (> 1: the runner is better)."""
     by = {(r.workload.label, r.side): r for r in results}
     lines = [
         "| workload | p50 ratio | p99 ratio | max ratio | CPU ratio | peak RSS ratio |",
@@ -435,7 +444,7 @@ def report(results: list[Result], command: str) -> str:
             rounds_note(results),
             table(results),
             "",
-            "Ratios, APScheduler / runner (above 1: the runner is better by that factor):",
+            "Ratios, peer / runner (above 1: the runner is better by that factor):",
             "",
             ratios(results),
             "",
@@ -468,7 +477,9 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=60.0, help="seconds")
     parser.add_argument("--only", choices=["runner", "apscheduler"])
     parser.add_argument(
-        "--peers", default="httpx,aiohttp", help="APScheduler peers' HTTP clients, comma-separated"
+        "--peers",
+        default="httpx,aiohttp",
+        help="peers, comma-separated: httpx, aiohttp (APScheduler with that client), bare",
     )
     parser.add_argument("--profile", type=Path, help="cProfile the daemon into this folder")
     parser.add_argument(
