@@ -1,6 +1,7 @@
 """Transport benchmark: the same encrypted SDK-proxy call over three HTTP clients, one run.
 
     .venv/bin/python bench/transport.py [--n 4000] [--concurrency 64] [--pool 16]
+        [--others]
 
 Rows, each against the same emulator (its own process, so the CPU column is the client's):
 httpx.AsyncClient with its own pool (the runner's transport until now); httpx's API over
@@ -8,6 +9,11 @@ httpx-aiohttp's AiohttpTransport; aiohttp.ClientSession alone; and DuctapeClient
 as the runner calls it (aiohttp, plus operation building, classification, the gate). The
 three bare rows do the same work per call: build and encrypt the body, POST it, read and
 parse the answer. Each row warms its pool first; `--repeat` runs the whole set again.
+
+`--others` adds rows for async clients the runner does not use and the lock does not
+pin (install them by hand: `.venv/bin/pip install pyreqwest rnet curl_cffi`; a missing
+one is skipped with a note): whether any native-code client costs less CPU a call than
+aiohttp, measured the same way.
 """
 
 from __future__ import annotations
@@ -112,6 +118,63 @@ async def with_client(creds: Credentials, n: int, concurrency: int, pool: int) -
         return await measure(f"DuctapeClient.execute (aiohttp), pool {pool}", n, concurrency, one)
 
 
+async def with_pyreqwest(creds: Credentials, n: int, concurrency: int, pool: int) -> Measure:
+    from datetime import timedelta
+
+    from pyreqwest.client import ClientBuilder  # type: ignore[import-not-found,unused-ignore]
+
+    builder = ClientBuilder().max_connections(pool).pool_max_idle_per_host(pool)
+    client = builder.pool_idle_timeout(timedelta(seconds=4)).http1_only().build()
+    async with client:
+
+        async def post(url: str, content: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+            request = client.post(url).headers(headers).body_bytes(content).build()
+            response = await request.send()
+            return response.status, bytes(await response.bytes())
+
+        return await bare(
+            f"pyreqwest (Rust reqwest), {pool} connections", creds, n, concurrency, post
+        )
+
+
+async def with_rnet(creds: Credentials, n: int, concurrency: int, pool: int) -> Measure:
+    import rnet  # type: ignore[import-not-found,unused-ignore]
+
+    client = rnet.Client(
+        pool_max_idle_per_host=pool, pool_max_size=pool, pool_idle_timeout=4, http1_only=True
+    )
+
+    async def post(url: str, content: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        response = await client.post(url, body=content, headers=headers)
+        return int(response.status), bytes(await response.bytes())
+
+    return await bare(f"rnet (Rust), {pool} connections", creds, n, concurrency, post)
+
+
+async def with_curl_cffi(creds: Credentials, n: int, concurrency: int, pool: int) -> Measure:
+    from curl_cffi.requests import AsyncSession  # type: ignore[import-not-found,unused-ignore]
+
+    async with AsyncSession(max_clients=pool) as http:
+
+        async def post(url: str, content: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+            response = await http.post(url, data=content, headers=headers)
+            return response.status_code, response.content
+
+        return await bare(f"curl_cffi (libcurl), {pool} clients", creds, n, concurrency, post)
+
+
+OTHERS = {"pyreqwest": with_pyreqwest, "rnet": with_rnet, "curl_cffi": with_curl_cffi}
+
+
+def available(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        print(f"skipped: {module} is not installed (.venv/bin/pip install {module})")
+        return False
+    return True
+
+
 def table(results: list[Measure], concurrency: int) -> str:
     lines = [
         "| transport | calls | concurrency | wall s | calls/s | client CPU µs/call |",
@@ -130,6 +193,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--pool", type=int, default=16, help="connections (runner default)")
     parser.add_argument("--repeat", type=int, default=1, help="run the whole set this often")
+    parser.add_argument("--others", action="store_true", help="also pyreqwest, rnet, curl_cffi")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     port = free_port()
@@ -142,6 +206,8 @@ def main() -> None:
         access_token=SecretStr(emu.DEMO_ACCESS_TOKEN),
     )
     rows = [with_httpx, with_httpx_aiohttp, with_aiohttp, with_client]
+    if args.others:
+        rows += [row for name, row in OTHERS.items() if available(name)]
     results: list[Measure] = []
     try:
         for _ in range(args.repeat):
