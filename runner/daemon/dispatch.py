@@ -43,6 +43,9 @@ class Dispatch:
     runs: dict[str, JobRuns]
     slots: asyncio.Semaphore
     _run_ids: itertools.count[int]
+    # Occurrences written ahead of their instants, by job (at most one each: the job's
+    # next due); see Scheduler._prepare_ahead.
+    prepared: dict[str, Occurrence]
 
     # What the scheduling half provides.
     def _reserved(self, entry: Entry) -> int:
@@ -89,6 +92,8 @@ class Dispatch:
     def _skip(
         self, entry: Entry, scheduled_ms: int, reason: str, trigger: str = "schedule"
     ) -> Occurrence:
+        if trigger == "schedule":
+            self._unprepare(entry.job.name)  # the skipped one is written in its place
         occ = self._occurrence(entry, scheduled_ms, trigger)
         occ.state, occ.reason, occ.finished_ms = "skipped", reason, occ.created_ms
         if trigger != "manual":  # a manual run does not move the schedule
@@ -163,6 +168,10 @@ class Dispatch:
         any replica (this replica's own runs are checked before, by `_start`). `replace`:
         with replicas, the older open occurrences of the job are halted wherever they
         run (this replica's own runs were halted by `_start`)."""
+        if trigger == "schedule" and entry.job.name in self.prepared:
+            occ = self._prepared(entry, scheduled_ms)
+            if occ is not None:
+                return occ
         occ = self._occurrence(entry, scheduled_ms, trigger)
         manual = trigger == "manual"
         if not manual:
@@ -186,6 +195,27 @@ class Dispatch:
         if not manual:
             self._runs_of(entry.job.name).pending += 1
         return occ
+
+    def _prepared(self, entry: Entry, scheduled_ms: int) -> Occurrence | None:
+        """The occurrence written ahead for this instant, now planned in memory as `_plan`
+        would (nothing to write: its job's row follows with its outcome); None, and the
+        prepared one deleted, when it was written for another instant."""
+        occ = self.prepared.pop(entry.job.name)
+        if occ.scheduled_ms != scheduled_ms:
+            self.store.unprepare(occ)
+            return None
+        occ.next_attempt_ms = None  # its instant has come: the first attempt starts now
+        record = entry.record
+        record.last_scheduled_ms = max(record.last_scheduled_ms or 0, scheduled_ms)
+        record.status = "queued"
+        self._runs_of(entry.job.name).pending += 1
+        return occ
+
+    def _unprepare(self, name: str) -> None:
+        """The job's occurrence written ahead will not run as written: delete it."""
+        occ = self.prepared.pop(name, None)
+        if occ is not None:
+            self.store.unprepare(occ)
 
     # ---- running ---------------------------------------------------------------------
     def _enqueue(self, entry: Entry, occs: list[Occurrence]) -> None:
@@ -419,7 +449,11 @@ class Dispatch:
             run.task.cancel()
 
     def _halt_all(self) -> list[asyncio.Task[None]]:
-        """Shutdown: no run starts another attempt; the tasks still going."""
+        """Shutdown: no run starts another attempt; the tasks still going. Occurrences
+        written ahead of instants not yet come are deleted: after a restart the schedule
+        and its catch-up policy decide about them, as about any other instant."""
+        for name in list(self.prepared):
+            self._unprepare(name)
         for runs in self.runs.values():
             runs.halt("shutdown")
         return [t for runs in self.runs.values() for t in runs.tasks.values()]

@@ -50,7 +50,7 @@ from runner.store import (
 )
 from runner.timing.clock import Clock
 from runner.timing.firetimes import next_fire
-from runner.timing.policy import MIN_GRACE, jitter_delay_ms
+from runner.timing.policy import MIN_GRACE, idempotency_key, jitter_delay_ms
 from runner.timing.steps import shifted
 
 __all__ = ["Entry", "Executor", "HaltReason", "RunControl", "Scheduler", "from_ms", "to_ms"]
@@ -64,6 +64,10 @@ log = structlog.get_logger("runner.scheduler")
 # thread for what is left, at most LANDING_S (issue 12, item 3: fire precision).
 EARLY_S = 0.001
 LANDING_S = 0.0015
+# The daemon writes the occurrences due within this much of now ahead, in one commit
+# (issue 12, item 3), and again once less than half of it is covered: at 1,000 instants
+# a second, one commit for about 20 of them instead of one each.
+PREPARE_AHEAD_S = 0.04
 
 
 class Scheduler(ClockSteps, Dispatch):
@@ -81,11 +85,17 @@ class Scheduler(ClockSteps, Dispatch):
         on_skip: Callable[[Job], None] | None = None,
         claims: Claims | None = None,
         landing_s: float = 0.0,
+        prepare_ahead_s: float = 0.0,
     ) -> None:
         """`landing_s`: 0 sleeps to each deadline on the loop's timers; the daemon's
-        LANDING_S wakes EARLY_S before it and holds the thread for the rest."""
+        LANDING_S wakes EARLY_S before it and holds the thread for the rest.
+        `prepare_ahead_s`: 0 writes each occurrence at its instant; the daemon's
+        PREPARE_AHEAD_S writes those due that soon ahead, together (`_prepare_ahead`)."""
         self.store = store
         self.landing_s = landing_s
+        self.prepare_ahead_s = prepare_ahead_s if claims is None else 0.0
+        self.prepared = {}
+        self._prepared_until_ms = 0
         # Only a backend shared by replicas (PostgreSQL) has claims: None keeps the
         # single-replica path exactly as it was.
         self.claims = claims
@@ -137,6 +147,12 @@ class Scheduler(ClockSteps, Dispatch):
         for occ in left_open:  # they count toward `limit` before anything new is planned
             if occ.trigger != "manual":
                 self._runs_of(occ.job).pending += 1
+            record = self.records.get(occ.job)
+            if record is not None and _written_ahead(occ):
+                # Written ahead of its instant, its job's row without it (`_prepare_ahead`):
+                # the schedule goes on after it, and it runs at its instant (it waits for
+                # `next_attempt_ms`), so it is neither planned again nor forgotten.
+                record.last_scheduled_ms = max(record.last_scheduled_ms or 0, occ.scheduled_ms)
         now = self.clock.now()
         for loaded in jobs.values():
             self._upsert(loaded, now, save=False)
@@ -210,6 +226,7 @@ class Scheduler(ClockSteps, Dispatch):
         entry = self.entries.pop(name, None)
         if entry is None:
             return False
+        self._unprepare(name)
         self.definitions += 1
         entry.runs.halt("removed")
         entry.record.removed_ms = to_ms(self.clock.now())
@@ -298,6 +315,8 @@ class Scheduler(ClockSteps, Dispatch):
     def _reschedule(self, entry: Entry, now: datetime, *, catch_up: bool) -> None:
         entry.version = next(self._versions)  # older heap items for this job are now stale
         entry.due = None
+        if self.prepared:
+            self._unprepare(entry.job.name)  # written for the stale item, if any
         if entry.held or self._one_shot_done(entry):
             self._set_due(entry, None)
             return
@@ -456,11 +475,60 @@ class Scheduler(ClockSteps, Dispatch):
                 now = self._land(now)
                 mono = self.clock.monotonic()  # both clocks after the hold, for the step check
             self.fire_due(now)
+            if self.prepare_ahead_s:
+                # After the first steps of the runs just started: their calls go first.
+                asyncio.get_running_loop().call_soon(self._prepare_ahead)
             self.heartbeat = mono
             if self.on_tick is not None:
                 self.on_tick()
             last_wall, last_mono = now, mono
             await self.clock.sleep(self._sleep_for(self.clock.now()), self.wake)
+
+    def _prepare_ahead(self) -> None:
+        """Write the occurrences due within `prepare_ahead_s` now, in one commit, so that
+        at each instant only the call is left (issue 12, item 3).
+
+        Each heap item in the window is popped and pushed back (the heap stays the one
+        order of what is due). A job's prepared occurrence is deleted again whenever its
+        heap item goes stale (`_reschedule`, `remove`), when its instant is skipped
+        (`_skip`), and on shutdown. Not prepared: jobs with a `limit` (counted at the
+        instant), a forbid job with a run in flight (likely skipped), instants a clock
+        step makes run again, and everything when replicas share the store (claimed at
+        the instant).
+        """
+        if self.stopping:
+            return
+        now_ms = to_ms(self.clock.now())
+        ahead_ms = round(self.prepare_ahead_s * 1000)
+        if self._prepared_until_ms - now_ms > ahead_ms // 2:
+            return  # the last batch still covers more than half the window
+        until = now_ms + ahead_ms
+        heap, kept, todo = self.heap, [], []
+        while heap and heap[0][0] <= until:
+            item = heapq.heappop(heap)
+            _, version, name, due_ms = item
+            entry = self.entries.get(name)
+            if entry is None or entry.version != version:
+                continue  # stale: dropped, as next_deadline_ms drops it
+            kept.append(item)
+            if name not in self.prepared and self._preparable(entry, due_ms):
+                key = idempotency_key(name, due_ms)
+                todo.append(
+                    Occurrence(name, due_ms, key, created_ms=now_ms, next_attempt_ms=due_ms)
+                )
+        for item in kept:
+            heapq.heappush(heap, item)
+        self._prepared_until_ms = until
+        if todo:
+            for occ, written in zip(todo, self.store.prepare(todo), strict=True):
+                if written:
+                    self.prepared[occ.job] = occ
+
+    def _preparable(self, entry: Entry, due_ms: int) -> bool:
+        job = entry.job
+        if job.schedule.limit is not None or due_ms <= entry.runs.replay_until_ms:
+            return False
+        return not (job.concurrency == "forbid" and entry.runs.active)
 
     def _land(self, now: datetime) -> datetime:
         """Woken just before a deadline: wait for it here, not on a millisecond timer.
@@ -499,3 +567,14 @@ class Scheduler(ClockSteps, Dispatch):
     def stop(self) -> None:
         self.stopping = True
         self.wake.set()
+
+
+def _written_ahead(occ: Occurrence) -> bool:
+    """Prepared by `Scheduler._prepare_ahead` and not started: planned, no attempt yet, its
+    first attempt due at its instant (one planned at its instant has none due)."""
+    return (
+        occ.trigger == "schedule"
+        and occ.state == "planned"
+        and occ.attempts == 0
+        and occ.next_attempt_ms == occ.scheduled_ms
+    )

@@ -25,7 +25,7 @@ from runner.daemon.execute import DuctapeExecutor, RunHooks
 from runner.daemon.folder import FolderReconciler
 from runner.daemon.metrics import Metrics
 from runner.daemon.reconcile import Plan
-from runner.daemon.scheduler import LANDING_S, Scheduler, to_ms
+from runner.daemon.scheduler import LANDING_S, PREPARE_AHEAD_S, Scheduler, to_ms
 from runner.daemon.sdnotify import Notifier, watchdog_interval_s
 from runner.daemon.shutdown import Shutdown
 from runner.daemon.ui import Dashboard
@@ -133,6 +133,7 @@ class Daemon(Shutdown, DuctapeAccess):
             ),
             claims=shared,
             landing_s=LANDING_S,
+            prepare_ahead_s=PREPARE_AHEAD_S,
         )
         self.metrics = Metrics(self._snapshot, None if shared is None else shared.replica_id)
         self.view = DaemonView(

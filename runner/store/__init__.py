@@ -118,6 +118,19 @@ class Store(Protocol):
         """
         ...
 
+    def prepare(self, occurrences: list[Occurrence]) -> list[bool]:
+        """Write scheduled occurrences ahead of their instants, all in one commit made
+        now (issue 12, item 3: at the instant only the call remains). Each is `planned`
+        with `next_attempt_ms` at its instant, so one resumed after a crash waits for it.
+        For each, whether it was written (False: (job, scheduled_ms) exists, or this
+        backend does not prepare: a shared one plans and claims at the instant)."""
+        ...
+
+    def unprepare(self, occurrence: Occurrence) -> None:
+        """Delete a prepared occurrence that will not run as prepared (its job changed,
+        left, paused or skips it), committed in this loop pass."""
+        ...
+
     def update_occurrence(self, occurrence: Occurrence) -> None:
         """Write an occurrence's new state.
 

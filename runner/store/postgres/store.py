@@ -218,6 +218,13 @@ class PostgresStore(_Claims):
         self._queue.put_nowait(_Write(kind="plan", row=row))
         return True
 
+    def prepare(self, occurrences: list[Occurrence]) -> list[bool]:
+        """Never ahead: replicas plan and claim each occurrence at its instant."""
+        return [False] * len(occurrences)
+
+    def unprepare(self, occurrence: Occurrence) -> None:
+        """Nothing is prepared here."""
+
     def update_occurrence(self, occurrence: Occurrence) -> None:
         lease = self.held.get((occurrence.job, occurrence.scheduled_ms))
         if lease is None:
