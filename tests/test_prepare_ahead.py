@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner.daemon.decisions import to_ms
-from runner.daemon.scheduler import PREPARE_AHEAD_S, RunControl
+from runner.daemon.scheduler import PREPARE_AHEAD_S, PREPARE_BATCH, RunControl
 from runner.jobs.model import Job
 from runner.store import Occurrence
 from runner.timing.clock import FakeClock
@@ -230,3 +230,44 @@ async def test_a_store_that_cannot_write_prepares_nothing(tmp_path: Path, clock:
     await asyncio.sleep(0)
     assert committed(tmp_path / "state.sqlite3") == {}
     h.store.close()
+
+
+async def test_a_lone_instant_is_written_ahead_too(tmp_path: Path, clock: FakeClock) -> None:
+    # Nothing else wakes the loop before it: it wakes PREPARE_WAKE_S early to write it.
+    text = one_shots(1, first_ms=FIRST_MS + 9_000)
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
+        jobs_from(tmp_path, text)
+    )
+    await clock.advance_to(T0 + timedelta(seconds=10) - timedelta(milliseconds=20))
+    assert ex.calls == []
+    assert committed(tmp_path / "state.sqlite3") == {
+        ("j00", FIRST_MS + 9_000): ("planned", 0, FIRST_MS + 9_000)
+    }
+    await clock.advance(0.03)
+    assert [(c.job, to_ms(c.at)) for c in ex.calls] == [("j00", FIRST_MS + 9_000)]
+    await h.stop()
+
+
+async def test_a_crowd_due_at_one_instant_is_written_ahead_in_batches(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    count = PREPARE_BATCH * 2 + 100
+    text = "jobs:\n" + "".join(
+        f"  - name: c{i:04d}\n    kind: quota\n    tag: t\n"
+        f"    schedule: {{start_at: {FIRST_MS + 9_000}}}\n"
+        for i in range(count)
+    )
+    ex = FakeExecutor(clock)
+    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
+        jobs_from(tmp_path, text)
+    )
+    await clock.advance_to(T0 + timedelta(seconds=10) - timedelta(milliseconds=20))
+    assert len(h.scheduler.prepared) == count  # three passes, one commit each
+    rows = committed(tmp_path / "state.sqlite3")
+    assert len(rows) == count
+    assert set(rows.values()) == {("planned", 0, FIRST_MS + 9_000)}
+    await clock.advance(0.03)
+    assert len(ex.calls) == count
+    assert len({c.key for c in ex.calls}) == count
+    await h.stop()

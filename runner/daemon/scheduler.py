@@ -66,8 +66,12 @@ EARLY_S = 0.001
 LANDING_S = 0.0015
 # The daemon writes the occurrences due within this much of now ahead, in one commit
 # (issue 12, item 3), and again once less than half of it is covered: at 1,000 instants
-# a second, one commit for about 20 of them instead of one each.
+# a second, one commit for about 20 of them instead of one each. A deadline not covered
+# yet wakes the loop PREPARE_WAKE_S before it, to write it then. At most PREPARE_BATCH
+# are written in one pass (about 15 ms of the loop); the rest follow in the next passes.
 PREPARE_AHEAD_S = 0.04
+PREPARE_WAKE_S = 0.03
+PREPARE_BATCH = 512
 
 
 class Scheduler(ClockSteps, Dispatch):
@@ -474,17 +478,19 @@ class Scheduler(ClockSteps, Dispatch):
             if self.landing_s:
                 now = self._land(now)
                 mono = self.clock.monotonic()  # both clocks after the hold, for the step check
-            self.fire_due(now)
+            fired = self.fire_due(now)
             if self.prepare_ahead_s:
-                # After the first steps of the runs just started: their calls go first.
-                asyncio.get_running_loop().call_soon(self._prepare_ahead)
+                if fired:  # after the first steps of the runs just started: calls go first
+                    asyncio.get_running_loop().call_soon(self._prepare_ahead)
+                else:
+                    self._prepare_ahead()
             self.heartbeat = mono
             if self.on_tick is not None:
                 self.on_tick()
             last_wall, last_mono = now, mono
             await self.clock.sleep(self._sleep_for(self.clock.now()), self.wake)
 
-    def _prepare_ahead(self) -> None:
+    def _prepare_ahead(self, more: bool = False) -> None:
         """Write the occurrences due within `prepare_ahead_s` now, in one commit, so that
         at each instant only the call is left (issue 12, item 3).
 
@@ -494,17 +500,23 @@ class Scheduler(ClockSteps, Dispatch):
         (`_skip`), and on shutdown. Not prepared: jobs with a `limit` (counted at the
         instant), a forbid job with a run in flight (likely skipped), instants a clock
         step makes run again, and everything when replicas share the store (claimed at
-        the instant).
+        the instant). `more`: the rest of a window a full batch left.
         """
         if self.stopping:
             return
         now_ms = to_ms(self.clock.now())
         ahead_ms = round(self.prepare_ahead_s * 1000)
-        if self._prepared_until_ms - now_ms > ahead_ms // 2:
+        if not more and self._prepared_until_ms - now_ms > ahead_ms // 2:
             return  # the last batch still covers more than half the window
         until = now_ms + ahead_ms
-        heap, kept, todo = self.heap, [], []
+        heap = self.heap
+        kept: list[tuple[int, int, str, int]] = []
+        todo: list[Occurrence] = []
         while heap and heap[0][0] <= until:
+            if len(todo) == PREPARE_BATCH:
+                until = heap[0][0] - 1  # the rest of the window in the next pass
+                asyncio.get_running_loop().call_soon(self._prepare_ahead, True)
+                break
             item = heapq.heappop(heap)
             _, version, name, due_ms = item
             entry = self.entries.get(name)
@@ -561,8 +573,11 @@ class Scheduler(ClockSteps, Dispatch):
             return self.max_sleep_s
         # From the exact time, not the millisecond `to_ms` truncates to: that slept up to
         # 1 ms past every deadline (0.3 ms of the median lateness, measured; issue 12).
+        left = deadline / 1000 - now.timestamp()
+        if self.prepare_ahead_s and self._prepared_until_ms < deadline and left > PREPARE_WAKE_S:
+            return min(left - PREPARE_WAKE_S, self.max_sleep_s)  # to write it ahead
         early = EARLY_S if self.landing_s else 0.0
-        return min(max(deadline / 1000 - now.timestamp() - early, 0.0), self.max_sleep_s)
+        return min(max(left - early, 0.0), self.max_sleep_s)
 
     def stop(self) -> None:
         self.stopping = True
