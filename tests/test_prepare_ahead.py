@@ -271,3 +271,31 @@ async def test_a_crowd_due_at_one_instant_is_written_ahead_in_batches(
     assert len(ex.calls) == count
     assert len({c.key for c in ex.calls}) == count
     await h.stop()
+
+
+async def test_a_crash_while_a_prepared_run_is_in_flight_runs_it_again_with_its_key_only(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # The crash suite's failure: the attempt's `running` was on disk, its job's row
+    # (last_scheduled_ms) was not, so the restart planned the one-shot again at +1 ms
+    # and it ran twice with two keys. Its job's row is now written at the instant.
+    ex = FakeExecutor(clock, duration_s=5)
+    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
+        jobs_from(tmp_path, one_shots(3))
+    )
+    await clock.advance_to(T0 + timedelta(seconds=1, milliseconds=10))
+    assert {c.job for c in ex.calls} == {"j00", "j01", "j02"}
+    rows = committed(tmp_path / "state.sqlite3")
+    assert {state for state, _, _ in rows.values()} == {"running"}  # on disk, in flight
+    await h.crash()
+
+    ex2 = FakeExecutor(clock)
+    h2 = await Harness(tmp_path, clock, ex2, prepare_ahead_s=PREPARE_AHEAD_S).start(
+        jobs_from(tmp_path, one_shots(3))
+    )
+    await clock.advance(60)
+    assert sorted((c.job, c.key) for c in ex2.calls) == [
+        (f"j{i:02d}", idempotency_key(f"j{i:02d}", FIRST_MS + i)) for i in range(3)
+    ]  # resumed with the same keys, none planned again at +1 ms
+    await h2.stop()
+    assert len(committed(tmp_path / "state.sqlite3")) == 3

@@ -197,9 +197,16 @@ class Dispatch:
         return occ
 
     def _prepared(self, entry: Entry, scheduled_ms: int) -> Occurrence | None:
-        """The occurrence written ahead for this instant, now planned in memory as `_plan`
-        would (nothing to write: its job's row follows with its outcome); None, and the
-        prepared one deleted, when it was written for another instant."""
+        """The occurrence written ahead for this instant, planned now as `_plan` would
+        (its job's row is written, with no commit of its own); None, and the prepared one
+        deleted, when it was written for another instant.
+
+        The job's row goes into the open transaction, so it is committed no later than
+        the attempt's `running` write: after a crash, an occurrence on disk in any other
+        form than as written ahead has its job's `last_scheduled_ms` with it, as when
+        `_plan` wrote both at once (without it, a one-shot resumed there was planned
+        again at +1 ms and ran twice: tests/test_prepare_ahead.py, and the crash suite).
+        """
         occ = self.prepared.pop(entry.job.name)
         if occ.scheduled_ms != scheduled_ms:
             self.store.unprepare(occ)
@@ -208,6 +215,7 @@ class Dispatch:
         record = entry.record
         record.last_scheduled_ms = max(record.last_scheduled_ms or 0, scheduled_ms)
         record.status = "queued"
+        self.store.save_job(record)
         self._runs_of(entry.job.name).pending += 1
         return occ
 

@@ -154,8 +154,9 @@ class Scheduler(ClockSteps, Dispatch):
                 self._runs_of(occ.job).pending += 1
             record = self.records.get(occ.job)
             if record is not None and _written_ahead(occ):
-                # Written ahead of its instant, its job's row without it (`_prepare_ahead`):
-                # the schedule goes on after it, and it runs at its instant (it waits for
+                # Written ahead of its instant, its job's row without it (`_prepare_ahead`;
+                # the row is written once its instant comes, `Dispatch._prepared`): the
+                # schedule goes on after it, and it runs at its instant (it waits for
                 # `next_attempt_ms`), so it is neither planned again nor forgotten.
                 record.last_scheduled_ms = max(record.last_scheduled_ms or 0, occ.scheduled_ms)
         now = self.clock.now()

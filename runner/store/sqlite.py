@@ -355,11 +355,11 @@ class SqliteStore:
 
         One commit for all of them, where planning each at its instant committed once an
         instant (issue 12, item 3; a commit costs about 40 us of CPU alone, measured,
-        and more in the daemon). Their jobs' rows are not written: `finish` writes them,
-        and a start after a crash takes `last_scheduled_ms` from the open occurrences
-        (runner.daemon.scheduler). A failed write prepares nothing; a failed commit marks
-        them unsaved, as for `plan`: each run writes its occurrence first, or calls
-        nothing.
+        and more in the daemon). Their jobs' rows are written at their instants, with no
+        commit of their own; a start after a crash takes `last_scheduled_ms` from one
+        still as written here (runner.daemon.scheduler). A failed write prepares nothing;
+        a failed commit marks them unsaved, as for `plan`: each run writes its occurrence
+        first, or calls nothing.
         """
         done = [False] * len(occurrences)
         if self.failure is not None or self.lost is not None:
