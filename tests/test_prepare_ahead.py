@@ -51,6 +51,12 @@ def one_shots(count: int, *, first_ms: int = FIRST_MS, extra: str = "") -> str:
     )
 
 
+async def ahead(tmp_path: Path, clock: FakeClock, ex: FakeExecutor, text: str) -> Harness:
+    """A scheduler that writes ahead as the daemon's does, started on `text`'s jobs."""
+    harness = Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S)
+    return await harness.start(jobs_from(tmp_path, text))
+
+
 def committed(path: Path) -> dict[tuple[str, int], tuple[str, int, int | None]]:
     """What another process sees in the state file: (job, instant) -> (state, attempts,
     next_attempt_ms)."""
@@ -65,9 +71,7 @@ async def test_occurrences_due_soon_are_on_disk_before_their_instants(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     ex = FakeExecutor(clock)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, one_shots(11))
-    )
+    h = await ahead(tmp_path, clock, ex, one_shots(11))
     await clock.advance_to(T0 + timedelta(seconds=1))  # j00 fires; j01..j10 are 1-10 ms away
     assert [c.job for c in ex.calls] == ["j00"]
     rows = committed(tmp_path / "state.sqlite3")
@@ -91,9 +95,7 @@ async def test_a_removed_or_edited_job_leaves_no_prepared_occurrence(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     ex = FakeExecutor(clock)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, one_shots(3))
-    )
+    h = await ahead(tmp_path, clock, ex, one_shots(3))
     await clock.advance_to(T0 + timedelta(seconds=1))
     assert set(h.scheduler.prepared) == {"j01", "j02"}
     h.scheduler.remove("j01")
@@ -121,9 +123,7 @@ async def test_a_prepared_instant_skipped_by_forbid_is_recorded_skipped_once(
         f"    schedule: {{every: 1s, start_at: {FIRST_MS}}}\n"
     )
     ex = FakeExecutor(clock, duration_s=5)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, text)
-    )
+    h = await ahead(tmp_path, clock, ex, text)
     await clock.advance_to(T0 + timedelta(milliseconds=995))
     assert h.scheduler.prepared["r"].scheduled_ms == FIRST_MS
     h.scheduler.trigger("r")
@@ -140,9 +140,7 @@ async def test_a_one_shot_prepared_then_busy_runs_after_the_run_in_flight(
     # Its last occurrence waits its turn instead of being skipped (it would be lost).
     text = one_shots(2, extra="    concurrency: forbid\n")
     ex = FakeExecutor(clock, duration_s=5)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, text)
-    )
+    h = await ahead(tmp_path, clock, ex, text)
     await clock.advance_to(T0 + timedelta(seconds=1))
     assert "j01" in h.scheduler.prepared
     h.scheduler.trigger("j01")
@@ -161,17 +159,13 @@ async def test_a_crash_after_writing_ahead_runs_each_once_at_its_instant(
     text = one_shots(6, extra="")
     text = text.replace(f"start_at: {FIRST_MS + 5}", f"start_at: {FIRST_MS + 30}")
     ex = WaitingExecutor(clock)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, text)
-    )
+    h = await ahead(tmp_path, clock, ex, text)
     await clock.advance_to(T0 + timedelta(seconds=1))
     assert set(h.scheduler.prepared) == {"j01", "j02", "j03", "j04", "j05"}
     await h.crash()  # as SIGKILL: their rows are on disk, their jobs' rows are not
 
     ex2 = WaitingExecutor(clock)
-    h2 = await Harness(tmp_path, clock, ex2, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, text)
-    )
+    h2 = await ahead(tmp_path, clock, ex2, text)
     assert ex2.calls == []  # nothing runs before its instant
     await clock.advance(0.1)
     got = sorted((c.job, to_ms(c.scheduled)) for c in ex2.calls)
@@ -191,9 +185,7 @@ async def test_a_clean_stop_deletes_what_was_written_ahead(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     ex = FakeExecutor(clock)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, one_shots(4))
-    )
+    h = await ahead(tmp_path, clock, ex, one_shots(4))
     await clock.advance_to(T0 + timedelta(seconds=1))
     assert set(h.scheduler.prepared) == {"j01", "j02", "j03"}
     await h.stop()
@@ -206,9 +198,7 @@ async def test_jobs_with_a_limit_are_planned_at_their_instant(
 ) -> None:
     text = "name: every\n" + JOB + "schedule: {every: 10ms, limit: 3}\n"
     ex = FakeExecutor(clock)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, text)
-    )
+    h = await ahead(tmp_path, clock, ex, text)
     await clock.advance(0.1)
     assert h.scheduler.prepared == {}
     assert len(ex.calls) == 3
@@ -236,9 +226,7 @@ async def test_a_lone_instant_is_written_ahead_too(tmp_path: Path, clock: FakeCl
     # Nothing else wakes the loop before it: it wakes PREPARE_WAKE_S early to write it.
     text = one_shots(1, first_ms=FIRST_MS + 9_000)
     ex = FakeExecutor(clock)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, text)
-    )
+    h = await ahead(tmp_path, clock, ex, text)
     await clock.advance_to(T0 + timedelta(seconds=10) - timedelta(milliseconds=20))
     assert ex.calls == []
     assert committed(tmp_path / "state.sqlite3") == {
@@ -259,9 +247,7 @@ async def test_a_crowd_due_at_one_instant_is_written_ahead_in_batches(
         for i in range(count)
     )
     ex = FakeExecutor(clock)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, text)
-    )
+    h = await ahead(tmp_path, clock, ex, text)
     await clock.advance_to(T0 + timedelta(seconds=10) - timedelta(milliseconds=20))
     assert len(h.scheduler.prepared) == count  # three passes, one commit each
     rows = committed(tmp_path / "state.sqlite3")
@@ -280,9 +266,7 @@ async def test_a_crash_while_a_prepared_run_is_in_flight_runs_it_again_with_its_
     # (last_scheduled_ms) was not, so the restart planned the one-shot again at +1 ms
     # and it ran twice with two keys. Its job's row is now written at the instant.
     ex = FakeExecutor(clock, duration_s=5)
-    h = await Harness(tmp_path, clock, ex, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, one_shots(3))
-    )
+    h = await ahead(tmp_path, clock, ex, one_shots(3))
     await clock.advance_to(T0 + timedelta(seconds=1, milliseconds=10))
     assert {c.job for c in ex.calls} == {"j00", "j01", "j02"}
     rows = committed(tmp_path / "state.sqlite3")
@@ -290,9 +274,7 @@ async def test_a_crash_while_a_prepared_run_is_in_flight_runs_it_again_with_its_
     await h.crash()
 
     ex2 = FakeExecutor(clock)
-    h2 = await Harness(tmp_path, clock, ex2, prepare_ahead_s=PREPARE_AHEAD_S).start(
-        jobs_from(tmp_path, one_shots(3))
-    )
+    h2 = await ahead(tmp_path, clock, ex2, one_shots(3))
     await clock.advance(60)
     assert sorted((c.job, c.key) for c in ex2.calls) == [
         (f"j{i:02d}", idempotency_key(f"j{i:02d}", FIRST_MS + i)) for i in range(3)
