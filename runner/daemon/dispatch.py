@@ -168,18 +168,24 @@ class Dispatch:
         any replica (this replica's own runs are checked before, by `_start`). `replace`:
         with replicas, the older open occurrences of the job are halted wherever they
         run (this replica's own runs were halted by `_start`)."""
-        if trigger == "schedule" and entry.job.name in self.prepared:
-            occ = self._prepared(entry, scheduled_ms)
-            if occ is not None:
-                return occ
-        occ = self._occurrence(entry, scheduled_ms, trigger)
         manual = trigger == "manual"
+        written = self._prepared(entry, scheduled_ms) if trigger == "schedule" else None
+        occ = self._occurrence(entry, scheduled_ms, trigger) if written is None else written
         if not manual:
             entry.record.last_scheduled_ms = max(entry.record.last_scheduled_ms or 0, scheduled_ms)
         entry.record.status = "queued"
+        if written is not None:
+            # On disk already: its job's row goes into the open transaction, committed no
+            # later than the attempt's `running` write, so after a crash an occurrence on
+            # disk in any other form than as written ahead has its job's
+            # `last_scheduled_ms` with it (without it, a one-shot resumed there was planned
+            # again at +1 ms and ran twice: tests/test_prepare_ahead.py, the crash suite).
+            self.store.save_job(entry.record)
         limit = None if manual else entry.job.schedule.limit
         plan = self.store.plan
-        while not plan(occ, entry.record, limit=limit, forbid=forbid, replace=replace):
+        while written is None and not plan(
+            occ, entry.record, limit=limit, forbid=forbid, replace=replace
+        ):
             replay = occ.scheduled_ms <= entry.runs.replay_until_ms  # the clock went back
             if not (manual or entry.one_shot or replay):
                 log.warning(
@@ -197,26 +203,16 @@ class Dispatch:
         return occ
 
     def _prepared(self, entry: Entry, scheduled_ms: int) -> Occurrence | None:
-        """The occurrence written ahead for this instant, planned now as `_plan` would
-        (its job's row is written, with no commit of its own); None, and the prepared one
-        deleted, when it was written for another instant.
-
-        The job's row goes into the open transaction, so it is committed no later than
-        the attempt's `running` write: after a crash, an occurrence on disk in any other
-        form than as written ahead has its job's `last_scheduled_ms` with it, as when
-        `_plan` wrote both at once (without it, a one-shot resumed there was planned
-        again at +1 ms and ran twice: tests/test_prepare_ahead.py, and the crash suite).
-        """
-        occ = self.prepared.pop(entry.job.name)
+        """The occurrence written ahead for this instant (Scheduler._prepare_ahead), its
+        first attempt now due; None when there is none, and the prepared one deleted when
+        it was written for another instant."""
+        occ = self.prepared.pop(entry.job.name, None)
+        if occ is None:
+            return None
         if occ.scheduled_ms != scheduled_ms:
             self.store.unprepare(occ)
             return None
         occ.next_attempt_ms = None  # its instant has come: the first attempt starts now
-        record = entry.record
-        record.last_scheduled_ms = max(record.last_scheduled_ms or 0, scheduled_ms)
-        record.status = "queued"
-        self.store.save_job(record)
-        self._runs_of(entry.job.name).pending += 1
         return occ
 
     def _unprepare(self, name: str) -> None:
