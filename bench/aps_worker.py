@@ -146,35 +146,33 @@ async def main_async(
 ) -> dict[str, int]:
     global CALLER
     caller = CALLER = CALLERS[client](base_url)
+    scheduler = None
     if scheduler_name == "none":
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         schedule_bare(instants)
-        print("ready", flush=True)
-        await stop.wait()
-        await caller.aclose()
-        return {"ok": caller.ok, "errors": caller.errors}
-    # misfire_grace_time=None: a late job still runs (and its lateness is measured)
-    # instead of being dropped after APScheduler's default 1 s grace.
-    scheduler = AsyncIOScheduler(
-        timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": False}
-    )
-    for i, ms in enumerate(instants):
-        name = f"b{i:06d}"
-        scheduler.add_job(
-            fire,
-            "date",
-            run_date=datetime.fromtimestamp(ms / 1000, UTC),
-            args=[f"apscheduler:{name}:{ms}"],
-            id=name,
+    else:
+        # misfire_grace_time=None: a late job still runs (and its lateness is measured)
+        # instead of being dropped after APScheduler's default 1 s grace.
+        scheduler = AsyncIOScheduler(
+            timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": False}
         )
+        for i, ms in enumerate(instants):
+            name = f"b{i:06d}"
+            scheduler.add_job(
+                fire,
+                "date",
+                run_date=datetime.fromtimestamp(ms / 1000, UTC),
+                args=[f"apscheduler:{name}:{ms}"],
+                id=name,
+            )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    scheduler.start()
+    if scheduler is not None:
+        scheduler.start()
     print("ready", flush=True)
     await stop.wait()
-    scheduler.shutdown(wait=False)
+    if scheduler is not None:
+        scheduler.shutdown(wait=False)
     await caller.aclose()
     return {"ok": caller.ok, "errors": caller.errors}
 
