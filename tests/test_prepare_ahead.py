@@ -57,6 +57,16 @@ async def ahead(tmp_path: Path, clock: FakeClock, ex: FakeExecutor, text: str) -
     return await harness.start(jobs_from(tmp_path, text))
 
 
+async def at_first_instant(
+    tmp_path: Path, clock: FakeClock, ex: FakeExecutor, text: str
+) -> Harness:
+    """`ahead`, then the clock at FIRST_MS: j00's instant, when the occurrences due in
+    the next 40 ms have been written ahead."""
+    harness = await ahead(tmp_path, clock, ex, text)
+    await clock.advance_to(T0 + timedelta(seconds=1))
+    return harness
+
+
 def committed(path: Path) -> dict[tuple[str, int], tuple[str, int, int | None]]:
     """What another process sees in the state file: (job, instant) -> (state, attempts,
     next_attempt_ms)."""
@@ -71,8 +81,9 @@ async def test_occurrences_due_soon_are_on_disk_before_their_instants(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     ex = FakeExecutor(clock)
-    h = await ahead(tmp_path, clock, ex, one_shots(11))
-    await clock.advance_to(T0 + timedelta(seconds=1))  # j00 fires; j01..j10 are 1-10 ms away
+    h = await at_first_instant(
+        tmp_path, clock, ex, one_shots(11)
+    )  # j00 fires; j01..j10 are 1-10 ms away
     assert [c.job for c in ex.calls] == ["j00"]
     rows = committed(tmp_path / "state.sqlite3")
     for i in range(1, 11):
@@ -95,8 +106,7 @@ async def test_a_removed_or_edited_job_leaves_no_prepared_occurrence(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     ex = FakeExecutor(clock)
-    h = await ahead(tmp_path, clock, ex, one_shots(3))
-    await clock.advance_to(T0 + timedelta(seconds=1))
+    h = await at_first_instant(tmp_path, clock, ex, one_shots(3))
     assert set(h.scheduler.prepared) == {"j01", "j02"}
     h.scheduler.remove("j01")
     later = one_shots(3).replace(f"start_at: {FIRST_MS + 2}", f"start_at: {FIRST_MS + 500}")
@@ -140,8 +150,7 @@ async def test_a_one_shot_prepared_then_busy_runs_after_the_run_in_flight(
     # Its last occurrence waits its turn instead of being skipped (it would be lost).
     text = one_shots(2, extra="    concurrency: forbid\n")
     ex = FakeExecutor(clock, duration_s=5)
-    h = await ahead(tmp_path, clock, ex, text)
-    await clock.advance_to(T0 + timedelta(seconds=1))
+    h = await at_first_instant(tmp_path, clock, ex, text)
     assert "j01" in h.scheduler.prepared
     h.scheduler.trigger("j01")
     await clock.advance(10)
@@ -159,8 +168,7 @@ async def test_a_crash_after_writing_ahead_runs_each_once_at_its_instant(
     text = one_shots(6, extra="")
     text = text.replace(f"start_at: {FIRST_MS + 5}", f"start_at: {FIRST_MS + 30}")
     ex = WaitingExecutor(clock)
-    h = await ahead(tmp_path, clock, ex, text)
-    await clock.advance_to(T0 + timedelta(seconds=1))
+    h = await at_first_instant(tmp_path, clock, ex, text)
     assert set(h.scheduler.prepared) == {"j01", "j02", "j03", "j04", "j05"}
     await h.crash()  # as SIGKILL: their rows are on disk, their jobs' rows are not
 
@@ -185,8 +193,7 @@ async def test_a_clean_stop_deletes_what_was_written_ahead(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     ex = FakeExecutor(clock)
-    h = await ahead(tmp_path, clock, ex, one_shots(4))
-    await clock.advance_to(T0 + timedelta(seconds=1))
+    h = await at_first_instant(tmp_path, clock, ex, one_shots(4))
     assert set(h.scheduler.prepared) == {"j01", "j02", "j03"}
     await h.stop()
     rows = committed(tmp_path / "state.sqlite3")
